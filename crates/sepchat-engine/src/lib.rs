@@ -1,1 +1,24 @@
-//! placeholder
+//! sepchat's inference engine.
+//!
+//! A quantized Llama GGUF is validated ([`sepchat_gguf`]), loaded onto a candle device
+//! ([`model::LlamaModel`]), and run by one worker thread ([`worker::Engine`]) that owns every
+//! conversation's KV cache ([`kv_cache::KvCache`]). Text enters and leaves through
+//! [`sepchat_text`] (tokenizer and chat template from the GGUF, streaming detokenizer).
+//! This crate knows nothing about storage, async runtimes or the UI.
+
+mod attention;
+pub mod bench;
+pub mod device;
+pub mod error;
+pub mod kv_cache;
+pub mod model;
+pub mod perplexity;
+pub mod sampling;
+pub mod worker;
+
+pub use device::DeviceChoice;
+pub use error::{EngineError, Result};
+pub use kv_cache::{CachePolicy, KvCache, KvStats};
+pub use model::{LlamaModel, ModelConfig};
+pub use sampling::SamplingParams;
+pub use worker::{Engine, Event, GenerateRequest, GenerationSummary, SessionId, StopReason};
