@@ -15,23 +15,38 @@ use crate::options::{GenerationArgs, ModelArgs};
 const SESSION: u64 = 1;
 
 pub fn ask(model_args: &ModelArgs, args: &GenerationArgs, prompt: &str) -> anyhow::Result<ExitCode> {
+    if prompt.trim().is_empty() {
+        anyhow::bail!("the prompt is empty: nothing to ask");
+    }
     let engine = Engine::start(model_args.load()?)?;
     let mut messages = system_messages(args);
     messages.push(ChatMessage { role: "user".to_string(), content: prompt.to_string() });
     let text = if args.raw { prompt.to_string() } else { render(&engine, &messages)? };
     let mut stdout = std::io::stdout();
-    match stream_reply(&engine, args, &text, &mut stdout)? {
+    let reply = stream_reply(&engine, args, &text, &mut stdout)?;
+    end_reply(&mut stdout, &reply)?;
+    match reply {
         Reply::Done(summary) => {
-            writeln!(stdout)?;
             eprintln!("{}", readout(&summary));
             Ok(ExitCode::SUCCESS)
         }
-        Reply::Failed(message) => {
-            writeln!(stdout)?;
+        Reply::Failed { message, .. } => {
             eprintln!("error: {message}");
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// Ends the streamed answer with a newline, if anything was streamed at all.
+fn end_reply(out: &mut impl Write, reply: &Reply) -> std::io::Result<()> {
+    let streamed_anything = match reply {
+        Reply::Done(summary) => !summary.text.is_empty(),
+        Reply::Failed { partial_text, .. } => !partial_text.is_empty(),
+    };
+    if streamed_anything {
+        writeln!(out)?;
+    }
+    out.flush()
 }
 
 pub fn chat(model_args: &ModelArgs, args: &GenerationArgs) -> anyhow::Result<ExitCode> {
@@ -60,14 +75,14 @@ pub fn chat(model_args: &ModelArgs, args: &GenerationArgs) -> anyhow::Result<Exi
         }
         messages.push(ChatMessage { role: "user".to_string(), content: input.to_string() });
         let text = if args.raw { input.to_string() } else { render(&engine, &messages)? };
-        match stream_reply(&engine, args, &text, &mut stdout)? {
+        let reply = stream_reply(&engine, args, &text, &mut stdout)?;
+        end_reply(&mut stdout, &reply)?;
+        match reply {
             Reply::Done(summary) => {
-                writeln!(stdout)?;
                 eprintln!("{}", readout(&summary));
                 messages.push(ChatMessage { role: "assistant".to_string(), content: summary.text.trim().to_string() });
             }
-            Reply::Failed(message) => {
-                writeln!(stdout)?;
+            Reply::Failed { message, .. } => {
                 eprintln!("error: {message}");
                 // The user's turn stays so they can retry; nothing typed is lost.
             }
@@ -94,7 +109,7 @@ fn render(engine: &Engine, messages: &[ChatMessage]) -> anyhow::Result<String> {
 
 enum Reply {
     Done(GenerationSummary),
-    Failed(String),
+    Failed { message: String, partial_text: String },
 }
 
 /// Sends one request and writes its tokens to `out` as they arrive.
@@ -110,10 +125,10 @@ fn stream_reply(engine: &Engine, args: &GenerationArgs, prompt_text: &str, out: 
             }
             Event::Stats(_) => {}
             Event::Done(summary) => return Ok(Reply::Done(summary)),
-            Event::Error { message, .. } => return Ok(Reply::Failed(message)),
+            Event::Error { message, partial_text } => return Ok(Reply::Failed { message, partial_text }),
         }
     }
-    Ok(Reply::Failed("the engine stopped without an answer".to_string()))
+    Ok(Reply::Failed { message: "the engine stopped without an answer".to_string(), partial_text: String::new() })
 }
 
 /// The one-line KV readout printed after each reply.

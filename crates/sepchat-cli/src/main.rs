@@ -53,12 +53,26 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
-            // One line: the error and its causes, never a backtrace or a panic message.
-            let chain: Vec<String> = error.chain().map(|cause| cause.to_string()).collect();
-            eprintln!("error: {}", chain.join(": ").replace('\n', " "));
+            eprintln!("error: {}", one_line(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, never a backtrace or a panic message. Our error types
+/// already quote their source in their message, so a cause whose text is already there is skipped.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line.replace(['\n', '\r'], " ")
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -26,6 +26,7 @@ pub fn ensure_default_model() -> anyhow::Result<PathBuf> {
         }
         eprintln!("{} has the wrong sha256; downloading it again", path.display());
         fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        let _ = fs::remove_file(stamp_path(&path));
     }
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let download_dir = tempfile::tempdir_in(&dir).context("cannot create a temporary download directory")?;
@@ -105,7 +106,9 @@ fn sha256_of(path: &Path) -> anyhow::Result<String> {
 }
 
 /// A verified file gets a small stamp (hash, size, modification time) so later runs skip hashing
-/// 98 MB; any change to the file invalidates the stamp.
+/// 98 MB. Any rewrite of the file changes its modification time and invalidates the stamp; a
+/// corruption that keeps size and time (bit rot) is not caught here, but the GGUF validator still
+/// refuses a structurally broken file at load time.
 fn stamp_path(path: &Path) -> PathBuf {
     path.with_extension("gguf.verified")
 }

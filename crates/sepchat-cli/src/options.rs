@@ -62,15 +62,16 @@ impl ModelArgs {
 
 #[derive(Args, Clone)]
 pub struct GenerationArgs {
-    #[arg(long, default_value_t = 0.7)]
+    // Negative numbers are accepted by the parser so that validation can name the setting.
+    #[arg(long, default_value_t = 0.7, allow_negative_numbers = true)]
     pub temperature: f64,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
     pub top_p: f64,
     #[arg(long, default_value_t = 40)]
     pub top_k: usize,
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
     pub min_p: f64,
-    #[arg(long, default_value_t = 1.1)]
+    #[arg(long, default_value_t = 1.1, allow_negative_numbers = true)]
     pub repeat_penalty: f32,
     #[arg(long, default_value_t = 299_792_458)]
     pub seed: u64,

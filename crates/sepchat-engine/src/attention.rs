@@ -98,8 +98,7 @@ fn attend_one(
     for slot in 0..visible {
         let key = &key_data[key_rows.start(kv_head, slot)..][..head_dim];
         let value = &value_data[value_rows.start(kv_head, slot)..][..head_dim];
-        let dot: f32 = query.iter().zip(key).map(|(&q, &k)| q * k.to_f32()).sum();
-        let score = dot * scale;
+        let score = crate::ggml_exact::dot_f16(&query, key) * scale;
         let mut max_scale = 1f32;
         let mut weight = 1f32;
         if score > running_max {
@@ -115,7 +114,8 @@ fn attend_one(
         for (acc, &v) in accumulated.iter_mut().zip(value) {
             *acc = f16::from_f32(v.to_f32().mul_add(weight, acc.to_f32()));
         }
-        running_sum = running_sum * max_scale + weight;
+        // `S = S*ms + vs` in ggml, contracted to one fused multiply-add by the compiler.
+        running_sum = running_sum.mul_add(max_scale, weight);
     }
     let inverse_sum = if running_sum == 0.0 { 0.0 } else { 1.0 / running_sum };
     for (out, acc) in out.iter_mut().zip(&accumulated) {

@@ -10,9 +10,11 @@ mod attention;
 pub mod bench;
 pub mod device;
 pub mod error;
+mod ggml_exact;
 pub mod kv_cache;
 pub mod model;
 pub mod perplexity;
+mod quant;
 pub mod sampling;
 pub mod worker;
 

@@ -8,14 +8,15 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use candle_core::quantized::{gguf_file, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::quantized::{gguf_file, QTensor};
+use candle_core::{DType, Device, Tensor};
 use sepchat_text::{ChatTemplate, GgufTokenizer};
 
 use crate::error::{EngineError, Result};
+use crate::ggml_exact;
 use crate::kv_cache::{CachePolicy, KvCache, KvShape};
+use crate::quant::{EmbeddingTable, Linear};
 
 /// Hyper-parameters read from the GGUF metadata.
 #[derive(Debug, Clone)]
@@ -28,9 +29,10 @@ pub struct ModelConfig {
     pub vocab_size: usize,
     /// The context the model was trained with; a dense cache is bounded by it.
     pub context_length: usize,
-    pub rms_norm_eps: f64,
-    /// One inverse frequency per rotated pair: `1 / (base^(2i/d) * factor_i)`.
-    pub rope_inverse_frequencies: Vec<f64>,
+    pub rms_norm_eps: f32,
+    pub rope_freq_base: f32,
+    /// Per-pair divisors of the RoPE angle (Llama 3's `rope_freqs` tensor); `None` for most models.
+    pub rope_freq_factors: Option<Vec<f32>>,
 }
 
 impl ModelConfig {
@@ -39,16 +41,22 @@ impl ModelConfig {
     }
 }
 
+/// An RMS norm weight, kept both as a tensor (accelerators) and as plain values (CPU).
+struct Norm {
+    weight: Tensor,
+    values: Vec<f32>,
+}
+
 struct Layer {
-    attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
-    ffn_norm: Tensor,
-    ffn_gate: QMatMul,
-    ffn_up: QMatMul,
-    ffn_down: QMatMul,
+    attn_norm: Norm,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    ffn_norm: Norm,
+    ffn_gate: Linear,
+    ffn_up: Linear,
+    ffn_down: Linear,
 }
 
 /// Which logits a forward pass returns.
@@ -65,10 +73,10 @@ pub struct LlamaModel {
     config: ModelConfig,
     device: Device,
     path: PathBuf,
-    embeddings: Arc<QTensor>,
+    embeddings: EmbeddingTable,
     layers: Vec<Layer>,
-    output_norm: Tensor,
-    output: QMatMul,
+    output_norm: Norm,
+    output: Linear,
     tokenizer: GgufTokenizer,
     chat_template: Option<ChatTemplate>,
     weights_bytes: usize,
@@ -100,20 +108,17 @@ impl LlamaModel {
     ) -> Result<Self> {
         let device = weights.device.clone();
         let path = weights.path.to_path_buf();
-        let embeddings = Arc::new(weights.qtensor("token_embd.weight")?);
-        config.vocab_size = embeddings.shape().dims2()?.0;
+        let embeddings = EmbeddingTable::new(weights.qtensor("token_embd.weight")?, &device)?;
+        config.vocab_size = embeddings.rows()?;
         // Llama 3 scales RoPE frequencies per pair with a `rope_freqs` tensor; most models have none.
         if weights.content.tensor_infos.contains_key("rope_freqs.weight") {
-            let factors = weights.qtensor("rope_freqs.weight")?.dequantize(&Device::Cpu)?.to_vec1::<f32>()?;
-            for (inverse_frequency, factor) in config.rope_inverse_frequencies.iter_mut().zip(factors) {
-                *inverse_frequency /= f64::from(factor);
-            }
+            config.rope_freq_factors = Some(weights.vector("rope_freqs.weight")?.values);
         }
         let output = if weights.content.tensor_infos.contains_key("output.weight") {
-            QMatMul::from_qtensor(weights.qtensor("output.weight")?)?
+            weights.linear("output.weight")?
         } else {
             // Tied embeddings: the output projection reuses the embedding matrix.
-            QMatMul::from_arc(embeddings.clone())?
+            embeddings.as_linear()?
         };
         let output_norm = weights.vector("output_norm.weight")?;
         let mut layers = Vec::with_capacity(config.n_layer);
@@ -121,14 +126,14 @@ impl LlamaModel {
             let name = |suffix: &str| format!("blk.{layer_idx}.{suffix}.weight");
             layers.push(Layer {
                 attn_norm: weights.vector(&name("attn_norm"))?,
-                wq: weights.matmul(&name("attn_q"))?,
-                wk: weights.matmul(&name("attn_k"))?,
-                wv: weights.matmul(&name("attn_v"))?,
-                wo: weights.matmul(&name("attn_output"))?,
+                wq: weights.linear(&name("attn_q"))?,
+                wk: weights.linear(&name("attn_k"))?,
+                wv: weights.linear(&name("attn_v"))?,
+                wo: weights.linear(&name("attn_output"))?,
                 ffn_norm: weights.vector(&name("ffn_norm"))?,
-                ffn_gate: weights.matmul(&name("ffn_gate"))?,
-                ffn_up: weights.matmul(&name("ffn_up"))?,
-                ffn_down: weights.matmul(&name("ffn_down"))?,
+                ffn_gate: weights.linear(&name("ffn_gate"))?,
+                ffn_up: weights.linear(&name("ffn_up"))?,
+                ffn_down: weights.linear(&name("ffn_down"))?,
             });
         }
         let weights_bytes = weights.bytes_loaded;
@@ -207,20 +212,19 @@ impl LlamaModel {
         }
         cache.reserve(n_new)?;
         let n_held = cache.len();
-        let (cos, sin) = self.rope_tables(cache.next_rope_position(), n_new)?;
+        let rope = self.rope_tables(cache.next_rope_position(), n_new)?;
         // The CPU kernel applies causality itself; only the matmul path needs an explicit mask.
         let mask = if n_new > 1 && !self.device.is_cpu() { Some(causal_mask(n_held, n_new, &self.device)?) } else { None };
 
-        let ids = Tensor::new(tokens, &self.device)?;
-        let mut hidden = self.embeddings.embedding(&ids)?;
+        let mut hidden = self.embeddings.lookup(tokens, &self.device)?;
         for (layer_idx, layer) in self.layers.iter().enumerate() {
-            let attn_in = candle_nn::ops::rms_norm(&hidden, &layer.attn_norm, self.config.rms_norm_eps as f32)?;
-            let attn_out = self.attention(layer, layer_idx, &attn_in, cache, &cos, &sin, mask.as_ref())?;
+            let attn_in = self.rms_norm(&hidden, &layer.attn_norm)?;
+            let attn_out = self.attention(layer, layer_idx, &attn_in, cache, &rope, mask.as_ref())?;
             hidden = (hidden + attn_out)?;
-            let ffn_in = candle_nn::ops::rms_norm(&hidden, &layer.ffn_norm, self.config.rms_norm_eps as f32)?;
+            let ffn_in = self.rms_norm(&hidden, &layer.ffn_norm)?;
             let gate = layer.ffn_gate.forward(&ffn_in)?;
             let up = layer.ffn_up.forward(&ffn_in)?;
-            let ffn_out = layer.ffn_down.forward(&(candle_nn::ops::silu(&gate)? * up)?)?;
+            let ffn_out = layer.ffn_down.forward(&self.swiglu(&gate, &up)?)?;
             hidden = (hidden + ffn_out)?;
         }
         cache.commit(tokens);
@@ -228,8 +232,26 @@ impl LlamaModel {
             LogitsFor::LastToken => hidden.narrow(0, n_new - 1, 1)?,
             LogitsFor::From(first) => hidden.narrow(0, first.min(n_new - 1), n_new - first.min(n_new - 1))?,
         };
-        let normed = candle_nn::ops::rms_norm(&hidden, &self.output_norm, self.config.rms_norm_eps as f32)?;
+        let normed = self.rms_norm(&hidden, &self.output_norm)?;
         Ok(self.output.forward(&normed)?.to_dtype(DType::F32)?)
+    }
+
+    fn rms_norm(&self, input: &Tensor, norm: &Norm) -> Result<Tensor> {
+        if self.device.is_cpu() {
+            let mut values = input.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+            ggml_exact::rms_norm_mul(&mut values, self.config.embedding_length, &norm.values, self.config.rms_norm_eps);
+            return Ok(Tensor::from_vec(values, input.dims(), &self.device)?);
+        }
+        Ok(candle_nn::ops::rms_norm(input, &norm.weight, self.config.rms_norm_eps)?)
+    }
+
+    fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        if self.device.is_cpu() {
+            let gate_values = gate.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+            let up_values = up.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+            return Ok(Tensor::from_vec(ggml_exact::swiglu(&gate_values, &up_values), gate.dims(), &self.device)?);
+        }
+        Ok((candle_nn::ops::silu(gate)? * up)?)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -239,8 +261,7 @@ impl LlamaModel {
         layer_idx: usize,
         input: &Tensor,
         cache: &mut KvCache,
-        cos: &Tensor,
-        sin: &Tensor,
+        rope: &RopeTables,
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
         let ModelConfig { n_head, n_kv_head, head_dim, .. } = self.config;
@@ -250,12 +271,9 @@ impl LlamaModel {
         let to_heads = |projected: Tensor, heads: usize| -> candle_core::Result<Tensor> {
             projected.reshape((n_new, heads, head_dim))?.transpose(0, 1)?.contiguous()?.unsqueeze(0)
         };
-        let queries = to_heads(layer.wq.forward(input)?, n_head)?;
-        let keys = to_heads(layer.wk.forward(input)?, n_kv_head)?;
+        let queries = self.rotate(to_heads(layer.wq.forward(input)?, n_head)?, rope)?;
+        let keys = self.rotate(to_heads(layer.wk.forward(input)?, n_kv_head)?, rope)?;
         let values = to_heads(layer.wv.forward(input)?, n_kv_head)?;
-        // GGUF Llama weights pair rotated dimensions (2i, 2i+1): candle's interleaved `rope_i`.
-        let queries = candle_nn::rotary_emb::rope_i(&queries, cos, sin)?.squeeze(0)?;
-        let keys = candle_nn::rotary_emb::rope_i(&keys, cos, sin)?.squeeze(0)?;
         let (all_keys, all_values) = cache.append_layer(layer_idx, &keys, &values.squeeze(0)?)?;
         let scale = 1.0 / (head_dim as f64).sqrt();
         let mixed = if self.device.is_cpu() {
@@ -280,24 +298,49 @@ impl LlamaModel {
             let mixed = weights.matmul(&all_values.contiguous()?)?;
             mixed.reshape((n_head, n_new, head_dim))?.transpose(0, 1)?.reshape((n_new, n_head * head_dim))?
         };
-        Ok(layer.wo.forward(&mixed.contiguous()?)?)
+        layer.wo.forward(&mixed.contiguous()?)
     }
 
     /// cos and sin of the RoPE angles for `n` consecutive positions from `start`, `[n, head_dim/2]`.
-    fn rope_tables(&self, start: usize, n: usize) -> Result<(Tensor, Tensor)> {
-        let inverse_frequencies = &self.config.rope_inverse_frequencies;
-        let half = inverse_frequencies.len();
-        let mut cos = Vec::with_capacity(n * half);
-        let mut sin = Vec::with_capacity(n * half);
-        for position in start..start + n {
-            for inverse_frequency in inverse_frequencies {
-                let angle = position as f64 * inverse_frequency;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
+    fn rope_tables(&self, start: usize, n: usize) -> Result<RopeTables> {
+        let (cos, sin) = ggml_exact::rope_tables(
+            start,
+            n,
+            self.config.rope_freq_base,
+            self.config.head_dim,
+            self.config.rope_freq_factors.as_deref(),
+        );
+        let half = self.config.head_dim / 2;
+        let tensors = if self.device.is_cpu() {
+            None
+        } else {
+            Some((Tensor::from_vec(cos.clone(), (n, half), &self.device)?, Tensor::from_vec(sin.clone(), (n, half), &self.device)?))
+        };
+        Ok(RopeTables { n_positions: n, cos, sin, tensors })
+    }
+
+    /// Applies RoPE to `[1, heads, n, head_dim]` and returns `[heads, n, head_dim]`. GGUF Llama
+    /// weights pair rotated dimensions (2i, 2i+1), ggml's NORM mode and candle's `rope_i`.
+    fn rotate(&self, heads: Tensor, rope: &RopeTables) -> Result<Tensor> {
+        match &rope.tensors {
+            Some((cos, sin)) => Ok(candle_nn::rotary_emb::rope_i(&heads, cos, sin)?.squeeze(0)?),
+            None => {
+                let dims = heads.dims()[1..].to_vec();
+                let mut values = heads.flatten_all()?.to_vec1::<f32>()?;
+                ggml_exact::rope_apply(&mut values, rope.n_positions, self.config.head_dim, &rope.cos, &rope.sin);
+                Ok(Tensor::from_vec(values, dims, &self.device)?)
             }
         }
-        Ok((Tensor::from_vec(cos, (n, half), &self.device)?, Tensor::from_vec(sin, (n, half), &self.device)?))
     }
+}
+
+/// RoPE angles of one chunk's positions.
+struct RopeTables {
+    n_positions: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    /// The same as device tensors, for accelerators.
+    tensors: Option<(Tensor, Tensor)>,
 }
 
 /// Additive mask `[n_new, n_held + n_new]`: every held slot is visible; inside the chunk, token
@@ -329,13 +372,15 @@ impl Weights<'_> {
         Ok(tensor)
     }
 
-    fn matmul(&mut self, name: &str) -> Result<QMatMul> {
-        Ok(QMatMul::from_qtensor(self.qtensor(name)?)?)
+    fn linear(&mut self, name: &str) -> Result<Linear> {
+        Linear::new(self.qtensor(name)?, self.device)
     }
 
     /// A small vector (norm weights), dequantized to f32.
-    fn vector(&mut self, name: &str) -> Result<Tensor> {
-        Ok(self.qtensor(name)?.dequantize(self.device)?.to_dtype(DType::F32)?)
+    fn vector(&mut self, name: &str) -> Result<Norm> {
+        let weight = self.qtensor(name)?.dequantize(self.device)?.to_dtype(DType::F32)?;
+        let values = weight.to_vec1::<f32>()?;
+        Ok(Norm { weight, values })
     }
 }
 
@@ -369,9 +414,6 @@ fn read_config(content: &gguf_file::Content, path: &Path) -> Result<ModelConfig>
     if rope_dim != head_dim {
         return Err(load_error(path, format!("partial RoPE (dimension_count {rope_dim} != head dim {head_dim}) is not supported")));
     }
-    let rope_base = f64::from(get_f32("llama.rope.freq_base")?.unwrap_or(10_000.0));
-    let rope_inverse_frequencies =
-        (0..head_dim / 2).map(|pair| 1.0 / rope_base.powf((2 * pair) as f64 / head_dim as f64)).collect();
     Ok(ModelConfig {
         n_layer,
         n_head,
@@ -380,8 +422,9 @@ fn read_config(content: &gguf_file::Content, path: &Path) -> Result<ModelConfig>
         embedding_length,
         vocab_size: 0,
         context_length: get_u32("llama.context_length")?.map_or(4096, |v| v as usize),
-        rms_norm_eps: f64::from(get_f32("llama.attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5)),
-        rope_inverse_frequencies,
+        rms_norm_eps: get_f32("llama.attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
+        rope_freq_base: get_f32("llama.rope.freq_base")?.unwrap_or(10_000.0),
+        rope_freq_factors: None,
     })
 }
 

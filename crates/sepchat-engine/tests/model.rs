@@ -30,8 +30,8 @@ fn default_model_has_the_expected_shape() {
     assert_eq!((config.n_layer, config.n_head, config.n_kv_head, config.head_dim), (30, 9, 3, 64));
     assert_eq!(config.vocab_size, 49152);
     assert_eq!(config.context_length, 8192);
-    // 30 layers x (K and V) x 3 heads x 64 dims x 4 bytes = 45 KiB per token (SEPLLM.md).
-    assert_eq!(config.kv_shape().bytes_per_slot(), 46_080);
+    // 30 layers x (K and V) x 3 heads x 64 dims x 2 bytes (f16) = 22.5 KiB per token (SEPLLM.md).
+    assert_eq!(config.kv_shape().bytes_per_slot(), 23_040);
 }
 
 #[test]
@@ -81,7 +81,7 @@ fn dense_cache_refuses_to_overflow_instead_of_truncating() {
     let model = model();
     let mut cache = model.new_cache(CachePolicy::Dense { capacity: 16 });
     let tokens = model.tokenizer().encode(TEXT).expect("encode");
-    let error = model.prefill(&tokens[..20], &mut cache, 8).err().expect("too long for 16 slots");
+    let error = model.prefill(&tokens[..20], &mut cache, 8).expect_err("too long for 16 slots");
     assert!(matches!(error, EngineError::ContextFull { capacity: 16, .. }), "{error}");
 }
 
