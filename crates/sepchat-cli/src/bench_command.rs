@@ -29,12 +29,15 @@ pub struct BenchArgs {
 }
 
 /// Public-domain prose (Pride and Prejudice, chapter 1) cycled as bench input: real text gives
-/// real token statistics, and speed does not depend on which text it is.
-const BENCH_TEXT: &str = "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife. However little known the feelings or views of such a man may be on his first entering a neighbourhood, this truth is so well fixed in the minds of the surrounding families, that he is considered the rightful property of some one or other of their daughters. \"My dear Mr. Bennet,\" said his lady to him one day, \"have you heard that Netherfield Park is let at last?\" Mr. Bennet replied that he had not. \"But it is,\" returned she; \"for Mrs. Long has just been here, and she told me all about it.\" Mr. Bennet made no answer. \"Do you not want to know who has taken it?\" cried his wife impatiently. \"You want to tell me, and I have no objection to hearing it.\" This was invitation enough.";
+/// real token statistics, and speed does not depend on which text it is. scripts/llama-cpp-bench.py
+/// reads the same file.
+const BENCH_TEXT: &str = include_str!("bench_text.txt");
 
 pub fn run(model_args: &ModelArgs, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     if cfg!(debug_assertions) {
-        eprintln!("warning: this is a debug build; run `cargo run --release -p sepchat-cli -- bench` for meaningful numbers");
+        eprintln!(
+            "warning: this is a debug build; run `cargo run --release -p sepchat-cli -- bench` for meaningful numbers"
+        );
     }
     let model = model_args.load()?;
     let plan = BenchPlan {
@@ -52,9 +55,10 @@ pub fn run(model_args: &ModelArgs, args: &BenchArgs) -> anyhow::Result<ExitCode>
         eprintln!("measuring candle's stock quantized_llama ...");
         bench_candle_stock(model.path(), model.device(), &plan)?
     };
-    let threads = std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or_else(|| {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-    });
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let rows: Vec<Row> = ours
         .iter()
         .map(|point| Row { ours: *point, stock: stock.iter().find(|s| s.context == point.context).copied() })
@@ -79,7 +83,16 @@ pub fn run(model_args: &ModelArgs, args: &BenchArgs) -> anyhow::Result<ExitCode>
             args.decode,
             policy.label()
         );
-        println!("{:>8} | {:>15} {:>15} | {:>15} {:>15} | {:>13} {:>13}", "context", "prefill tok/s", "decode tok/s", "stock prefill", "stock decode", "prefill ratio", "decode ratio");
+        println!(
+            "{:>8} | {:>15} {:>15} | {:>15} {:>15} | {:>13} {:>13}",
+            "context",
+            "prefill tok/s",
+            "decode tok/s",
+            "stock prefill",
+            "stock decode",
+            "prefill ratio",
+            "decode ratio"
+        );
         for row in &rows {
             println!(
                 "{:>8} | {:>15} {:>15} | {:>15} {:>15} | {:>13} {:>13}",

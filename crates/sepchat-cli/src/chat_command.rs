@@ -113,7 +113,12 @@ enum Reply {
 }
 
 /// Sends one request and writes its tokens to `out` as they arrive.
-fn stream_reply(engine: &Engine, args: &GenerationArgs, prompt_text: &str, out: &mut impl Write) -> anyhow::Result<Reply> {
+fn stream_reply(
+    engine: &Engine,
+    args: &GenerationArgs,
+    prompt_text: &str,
+    out: &mut impl Write,
+) -> anyhow::Result<Reply> {
     let prompt_tokens = engine.model().tokenizer().encode(prompt_text)?;
     let (events, receiver) = mpsc::channel();
     engine.submit(GenerateRequest::new(SESSION, prompt_tokens, args.sampling(), args.max_tokens, events))?;

@@ -61,7 +61,11 @@ pub fn run(model_args: &ModelArgs, command: EvalCommand) -> anyhow::Result<ExitC
             } else {
                 println!(
                     "perplexity {:.4} over {} chunks of {} tokens ({} tokens scored, {} in the file)",
-                    report.ppl, report.chunks, report.ctx, report.tokens_scored, tokens.len()
+                    report.ppl,
+                    report.chunks,
+                    report.ctx,
+                    report.tokens_scored,
+                    tokens.len()
                 );
             }
             Ok(ExitCode::SUCCESS)

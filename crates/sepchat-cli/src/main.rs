@@ -14,7 +14,11 @@ use clap::{Parser, Subcommand};
 use crate::options::{GenerationArgs, ModelArgs};
 
 #[derive(Parser)]
-#[command(name = "sepchat", version, about = "Offline chat with local Llama models, with a SepLLM KV cache you can watch")]
+#[command(
+    name = "sepchat",
+    version,
+    about = "Offline chat with local Llama models, with a SepLLM KV cache you can watch"
+)]
 struct Cli {
     #[command(flatten)]
     model: ModelArgs,

@@ -124,13 +124,15 @@ fn is_verified(path: &Path) -> anyhow::Result<bool> {
 }
 
 fn mark_verified(path: &Path) -> anyhow::Result<()> {
-    fs::write(stamp_path(path), stamp_for(path)?).with_context(|| format!("cannot write {}", stamp_path(path).display()))
+    fs::write(stamp_path(path), stamp_for(path)?)
+        .with_context(|| format!("cannot write {}", stamp_path(path).display()))
 }
 
 fn byte_progress(total: u64, label: &str) -> ProgressBar {
     let progress = ProgressBar::new(total);
     progress.set_style(
-        ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     progress.set_message(label.to_string());
     progress

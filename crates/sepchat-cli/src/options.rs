@@ -52,7 +52,10 @@ impl ModelArgs {
         let path = self.model_path()?;
         let device = self.device.open()?;
         let spinner = ProgressBar::new_spinner().with_message(format!("loading {}", path.display()));
-        spinner.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+        spinner.set_style(
+            ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
         spinner.enable_steady_tick(Duration::from_millis(100));
         let model = LlamaModel::load(&path, &device);
         spinner.finish_and_clear();

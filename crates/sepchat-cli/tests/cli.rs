@@ -48,7 +48,8 @@ fn greedy_ask_matches_llama_cpp() {
     default_model();
     let golden_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/llama-cpp-greedy.json");
     let golden: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&golden_path).expect("read the llama.cpp golden")).expect("golden JSON");
+        serde_json::from_str(&std::fs::read_to_string(&golden_path).expect("read the llama.cpp golden"))
+            .expect("golden JSON");
     let cases = golden["cases"].as_array().expect("golden cases");
     assert_eq!(cases.len(), 3);
     for (index, case) in cases.iter().enumerate() {

@@ -66,7 +66,11 @@ pub fn bench_sepchat(model: &LlamaModel, plan: &BenchPlan, policy: &CachePolicy)
             model.prefill(&[token], &mut cache, 1)?;
         }
         let decode = plan.decode_tokens as f64 / started.elapsed().as_secs_f64();
-        points.push(BenchPoint { context, prefill_tokens_per_second: Some(prefill), decode_tokens_per_second: Some(decode) });
+        points.push(BenchPoint {
+            context,
+            prefill_tokens_per_second: Some(prefill),
+            decode_tokens_per_second: Some(decode),
+        });
     }
     Ok(points)
 }
@@ -80,7 +84,8 @@ fn fill(model: &LlamaModel, cache: &mut KvCache, tokens: &[u32]) -> Result<()> {
 
 /// Measures candle-transformers' stock quantized Llama on the same plan.
 pub fn bench_candle_stock(path: &Path, device: &Device, plan: &BenchPlan) -> Result<Vec<BenchPoint>> {
-    let load_error = |error: candle_core::Error| EngineError::ModelLoad { path: path.to_path_buf(), message: error.to_string() };
+    let load_error =
+        |error: candle_core::Error| EngineError::ModelLoad { path: path.to_path_buf(), message: error.to_string() };
     let mut file = File::open(path).map_err(|source| EngineError::ModelOpen { path: path.to_path_buf(), source })?;
     let content = gguf_file::Content::read(&mut file).map_err(load_error)?;
     let mut stock = quantized_llama::ModelWeights::from_gguf(content, &mut file, device).map_err(load_error)?;

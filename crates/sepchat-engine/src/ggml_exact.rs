@@ -63,7 +63,13 @@ fn expf(x: f32) -> f32 {
 /// `ggml_rope_cache_init`: theta starts at the position and is multiplied by
 /// `powf(base, -2/dims)` once per pair (in f32), then cosf/sinf. Per-pair frequency factors
 /// (Llama 3's `rope_freqs`) divide theta as in ggml.
-pub(crate) fn rope_tables(start: usize, n_positions: usize, freq_base: f32, head_dim: usize, factors: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) {
+pub(crate) fn rope_tables(
+    start: usize,
+    n_positions: usize,
+    freq_base: f32,
+    head_dim: usize,
+    factors: Option<&[f32]>,
+) -> (Vec<f32>, Vec<f32>) {
     let pairs = head_dim / 2;
     let theta_scale = freq_base.powf(-2.0 / head_dim as f32);
     let mut cos = Vec::with_capacity(n_positions * pairs);

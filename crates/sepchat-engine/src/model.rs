@@ -82,6 +82,9 @@ pub struct LlamaModel {
     weights_bytes: usize,
 }
 
+/// Query rows from which llama.cpp's CPU flash attention uses its tiled path (GGML_FA_TILE_Q).
+const TILED_ATTENTION_ROWS: usize = 64;
+
 /// Default prefill chunk: long prompts are fed in pieces so the attention matrix stays small.
 pub const DEFAULT_PREFILL_CHUNK: usize = 512;
 
@@ -213,8 +216,12 @@ impl LlamaModel {
         cache.reserve(n_new)?;
         let n_held = cache.len();
         let rope = self.rope_tables(cache.next_rope_position(), n_new)?;
-        // The CPU kernel applies causality itself; only the matmul path needs an explicit mask.
-        let mask = if n_new > 1 && !self.device.is_cpu() { Some(causal_mask(n_held, n_new, &self.device)?) } else { None };
+        // The one-row-at-a-time CPU kernel applies causality itself; the matmul path needs a mask.
+        let mask = if n_new > 1 && !self.uses_row_kernel(n_new) {
+            Some(causal_mask(n_held, n_new, &self.device)?)
+        } else {
+            None
+        };
 
         let mut hidden = self.embeddings.lookup(tokens, &self.device)?;
         for (layer_idx, layer) in self.layers.iter().enumerate() {
@@ -234,6 +241,13 @@ impl LlamaModel {
         };
         let normed = self.rms_norm(&hidden, &self.output_norm)?;
         Ok(self.output.forward(&normed)?.to_dtype(DType::F32)?)
+    }
+
+    /// Whether attention for a chunk of `n_new` tokens runs the row-at-a-time CPU kernel, which
+    /// reproduces llama.cpp's `flash_attn_ext_f16_one_chunk`. llama.cpp itself switches to a tiled
+    /// f32 GEMM path from 64 query rows on; so do we, and it is far faster for long prompts.
+    fn uses_row_kernel(&self, n_new: usize) -> bool {
+        self.device.is_cpu() && n_new < TILED_ATTENTION_ROWS
     }
 
     fn rms_norm(&self, input: &Tensor, norm: &Norm) -> Result<Tensor> {
@@ -276,10 +290,11 @@ impl LlamaModel {
         let values = to_heads(layer.wv.forward(input)?, n_kv_head)?;
         let (all_keys, all_values) = cache.append_layer(layer_idx, &keys, &values.squeeze(0)?)?;
         let scale = 1.0 / (head_dim as f64).sqrt();
-        let mixed = if self.device.is_cpu() {
+        let mixed = if self.uses_row_kernel(n_new) {
             crate::attention::cpu_flash_attention(&queries, &all_keys, &all_values, scale as f32)?
         } else {
-            // Accelerators: plain batched matmuls (the f16 cache is widened to f32 first).
+            // Long chunks and accelerators: batched matmuls in f32 (the f16 cache is widened first),
+            // as llama.cpp's tiled CPU path does for 64 rows or more.
             let all_keys = all_keys.to_dtype(DType::F32)?;
             let all_values = all_values.to_dtype(DType::F32)?;
             let n_keys = all_keys.dim(1)?;
@@ -314,7 +329,10 @@ impl LlamaModel {
         let tensors = if self.device.is_cpu() {
             None
         } else {
-            Some((Tensor::from_vec(cos.clone(), (n, half), &self.device)?, Tensor::from_vec(sin.clone(), (n, half), &self.device)?))
+            Some((
+                Tensor::from_vec(cos.clone(), (n, half), &self.device)?,
+                Tensor::from_vec(sin.clone(), (n, half), &self.device)?,
+            ))
         };
         Ok(RopeTables { n_positions: n, cos, sin, tensors })
     }
@@ -412,7 +430,10 @@ fn read_config(content: &gguf_file::Content, path: &Path) -> Result<ModelConfig>
     let head_dim = embedding_length / n_head.max(1);
     let rope_dim = get_u32("llama.rope.dimension_count")?.map_or(head_dim, |v| v as usize);
     if rope_dim != head_dim {
-        return Err(load_error(path, format!("partial RoPE (dimension_count {rope_dim} != head dim {head_dim}) is not supported")));
+        return Err(load_error(
+            path,
+            format!("partial RoPE (dimension_count {rope_dim} != head dim {head_dim}) is not supported"),
+        ));
     }
     Ok(ModelConfig {
         n_layer,

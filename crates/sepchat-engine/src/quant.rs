@@ -224,7 +224,11 @@ struct QuantizedRow {
 impl QuantizedRow {
     fn new(values: &[f32]) -> Self {
         let n_blocks = values.len() / BLOCK;
-        let mut row = Self { scales: Vec::with_capacity(n_blocks), sums: Vec::with_capacity(n_blocks), quants: Vec::with_capacity(values.len()) };
+        let mut row = Self {
+            scales: Vec::with_capacity(n_blocks),
+            sums: Vec::with_capacity(n_blocks),
+            quants: Vec::with_capacity(values.len()),
+        };
         for block in values.chunks_exact(BLOCK) {
             let max_abs = block.iter().fold(0f32, |max, &v| max.max(v.abs()));
             let scale = max_abs / 127.0;
@@ -390,7 +394,13 @@ mod tests {
                 bytes.extend(f16::from_f32(rng.float() * 0.01).to_le_bytes());
                 bytes.extend((0..rest - 2).map(|_| rng.next() as u8));
             } else {
-                bytes.extend((0..rest).map(|_| (rng.next() % 255) as u8 as i8 as u8).map(|b| if b == 0x80 { 0x81 } else { b }));
+                bytes.extend((0..rest).map(|_| (rng.next() % 255) as u8 as i8 as u8).map(|b| {
+                    if b == 0x80 {
+                        0x81
+                    } else {
+                        b
+                    }
+                }));
             }
         }
         bytes

@@ -146,7 +146,14 @@ mod tests {
     #[test]
     fn same_seed_same_tokens_and_different_seed_differs() -> Result<()> {
         let flat: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.1).collect();
-        let params = SamplingParams { temperature: 1.5, top_p: None, top_k: None, min_p: None, repeat_penalty: 1.0, ..SamplingParams::default() };
+        let params = SamplingParams {
+            temperature: 1.5,
+            top_p: None,
+            top_k: None,
+            min_p: None,
+            repeat_penalty: 1.0,
+            ..SamplingParams::default()
+        };
         let run = |seed: u64| -> Result<Vec<u32>> {
             let mut sampler = Sampler::new(SamplingParams { seed, ..params.clone() })?;
             (0..40).map(|_| sampler.sample(&logits(&flat), &[])).collect()
@@ -159,7 +166,14 @@ mod tests {
     #[test]
     fn min_p_removes_unlikely_tokens() -> Result<()> {
         // p(token 1) / p(token 0) = e^-5 < 0.05: with min-p 0.05 token 1 can never be drawn.
-        let params = SamplingParams { temperature: 5.0, top_p: None, top_k: None, min_p: Some(0.05), repeat_penalty: 1.0, ..SamplingParams::default() };
+        let params = SamplingParams {
+            temperature: 5.0,
+            top_p: None,
+            top_k: None,
+            min_p: Some(0.05),
+            repeat_penalty: 1.0,
+            ..SamplingParams::default()
+        };
         let mut sampler = Sampler::new(params)?;
         for _ in 0..200 {
             assert_eq!(sampler.sample(&logits(&[5.0, 0.0]), &[])?, 0);

@@ -44,7 +44,13 @@ pub struct GenerateRequest {
 }
 
 impl GenerateRequest {
-    pub fn new(session: SessionId, prompt_tokens: Vec<u32>, sampling: SamplingParams, max_tokens: usize, events: Sender<Event>) -> Self {
+    pub fn new(
+        session: SessionId,
+        prompt_tokens: Vec<u32>,
+        sampling: SamplingParams,
+        max_tokens: usize,
+        events: Sender<Event>,
+    ) -> Self {
         Self {
             session,
             prompt_tokens,
@@ -64,10 +70,15 @@ impl GenerateRequest {
 #[derive(Debug, Clone)]
 pub enum Event {
     /// New text; never splits a UTF-8 character.
-    Token { text: String },
+    Token {
+        text: String,
+    },
     Stats(KvStats),
     Done(GenerationSummary),
-    Error { message: String, partial_text: String },
+    Error {
+        message: String,
+        partial_text: String,
+    },
 }
 
 /// Why generation ended.
@@ -119,7 +130,11 @@ impl GenerationSummary {
 
 fn per_second(count: usize, elapsed: Duration) -> f64 {
     let seconds = elapsed.as_secs_f64();
-    if seconds > 0.0 { count as f64 / seconds } else { 0.0 }
+    if seconds > 0.0 {
+        count as f64 / seconds
+    } else {
+        0.0
+    }
 }
 
 enum Command {

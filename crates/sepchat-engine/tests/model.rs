@@ -9,7 +9,11 @@ use sepchat_engine::{CachePolicy, Engine, EngineError, Event, GenerateRequest, S
 
 fn model() -> LlamaModel {
     let path = sepchat_gguf::default_model::default_model_path().expect("a home directory");
-    assert!(path.exists(), "the default model is missing at {}: run `make fetch-model` (make test does it)", path.display());
+    assert!(
+        path.exists(),
+        "the default model is missing at {}: run `make fetch-model` (make test does it)",
+        path.display()
+    );
     LlamaModel::load(&path, &Device::Cpu).expect("the default model loads")
 }
 
@@ -105,7 +109,8 @@ fn collect(receiver: mpsc::Receiver<Event>) -> (String, Vec<Event>) {
 fn worker_streams_tokens_and_reuses_the_session_cache() {
     let engine = Engine::start(model()).expect("worker");
     let tokenizer = engine.model().tokenizer();
-    let first_prompt = tokenizer.encode("<|im_start|>user\nName three colours.<|im_end|>\n<|im_start|>assistant\n").expect("encode");
+    let first_prompt =
+        tokenizer.encode("<|im_start|>user\nName three colours.<|im_end|>\n<|im_start|>assistant\n").expect("encode");
     let (sender, receiver) = mpsc::channel();
     engine.submit(GenerateRequest::new(7, first_prompt.clone(), SamplingParams::greedy(), 12, sender)).expect("submit");
     let (streamed, events) = collect(receiver);

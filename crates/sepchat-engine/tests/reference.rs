@@ -21,7 +21,11 @@ const NEAR_TIE: f32 = 0.3;
 
 fn model() -> LlamaModel {
     let path = sepchat_gguf::default_model::default_model_path().expect("a home directory");
-    assert!(path.exists(), "the default model is missing at {}: run `make fetch-model` (make test does it)", path.display());
+    assert!(
+        path.exists(),
+        "the default model is missing at {}: run `make fetch-model` (make test does it)",
+        path.display()
+    );
     LlamaModel::load(&path, &Device::Cpu).expect("the default model loads")
 }
 
@@ -30,8 +34,14 @@ fn repository_root() -> PathBuf {
 }
 
 fn shared_dir() -> PathBuf {
-    let dir = std::env::var_os("SEPCHAT_SHARED_DIR").map(PathBuf::from).unwrap_or_else(|| repository_root().join("../shared"));
-    assert!(dir.join("reference").is_dir(), "shared reference folder not found at {} (set SEPCHAT_SHARED_DIR)", dir.display());
+    let dir = std::env::var_os("SEPCHAT_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repository_root().join("../shared"));
+    assert!(
+        dir.join("reference").is_dir(),
+        "shared reference folder not found at {} (set SEPCHAT_SHARED_DIR)",
+        dir.display()
+    );
     dir
 }
 
