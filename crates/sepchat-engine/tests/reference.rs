@@ -19,14 +19,10 @@ use sepchat_engine::model::{logits_to_vec, LlamaModel};
 /// the team's greedy.json is 0.23 logits; a little room above that.
 const NEAR_TIE: f32 = 0.3;
 
+mod support;
+
 fn model() -> LlamaModel {
-    let path = sepchat_gguf::default_model::default_model_path().expect("a home directory");
-    assert!(
-        path.exists(),
-        "the default model is missing at {}: run `make fetch-model` (make test does it)",
-        path.display()
-    );
-    LlamaModel::load(&path, &Device::Cpu).expect("the default model loads")
+    support::default_model()
 }
 
 fn repository_root() -> PathBuf {
