@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use sepchat_engine::model::{logits_to_vec, LlamaModel, LogitsFor};
 use sepchat_engine::{CachePolicy, Engine, EngineError, Event, GenerateRequest, SamplingParams, StopReason};
 

@@ -12,7 +12,6 @@
 
 use std::path::PathBuf;
 
-use candle_core::Device;
 use sepchat_engine::model::{logits_to_vec, LlamaModel};
 
 /// The largest gap llama.cpp's own build (the golden above, bit-identical to us) shows against
