@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use sepchat_engine::bench::{bench_candle_stock, bench_sepchat, BenchPlan, BenchPoint};
-use sepchat_engine::CachePolicy;
+use sepchat_engine::CacheConfig;
 
 use crate::options::ModelArgs;
 
@@ -46,7 +46,7 @@ pub fn run(model_args: &ModelArgs, args: &BenchArgs) -> anyhow::Result<ExitCode>
         decode_tokens: args.decode,
         contexts: args.contexts.clone(),
     };
-    let policy = CachePolicy::Dense { capacity: model.config().context_length };
+    let policy = CacheConfig::dense(model.config().context_length);
     eprintln!("measuring sepchat ...");
     let ours = bench_sepchat(&model, &plan, &policy)?;
     let stock = if args.no_stock {
@@ -70,7 +70,7 @@ pub fn run(model_args: &ModelArgs, args: &BenchArgs) -> anyhow::Result<ExitCode>
             "threads": threads,
             "prefill_tokens": args.prefill,
             "decode_tokens": args.decode,
-            "policy": policy.label(),
+            "policy": policy.to_string(),
             "points": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
         });
         println!("{value}");
@@ -81,7 +81,7 @@ pub fn run(model_args: &ModelArgs, args: &BenchArgs) -> anyhow::Result<ExitCode>
             sepchat_engine::device::device_name(model.device()),
             args.prefill,
             args.decode,
-            policy.label()
+            policy
         );
         println!(
             "{:>8} | {:>15} {:>15} | {:>15} {:>15} | {:>13} {:>13}",

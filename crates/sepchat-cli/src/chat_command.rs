@@ -108,7 +108,7 @@ fn render(engine: &Engine, messages: &[ChatMessage]) -> anyhow::Result<String> {
 }
 
 enum Reply {
-    Done(GenerationSummary),
+    Done(Box<GenerationSummary>),
     Failed { message: String, partial_text: String },
 }
 
@@ -129,7 +129,7 @@ fn stream_reply(
                 out.flush()?;
             }
             Event::Stats(_) => {}
-            Event::Done(summary) => return Ok(Reply::Done(summary)),
+            Event::Done(summary) => return Ok(Reply::Done(Box::new(summary))),
             Event::Error { message, partial_text } => return Ok(Reply::Failed { message, partial_text }),
         }
     }
@@ -138,7 +138,7 @@ fn stream_reply(
 
 /// The one-line KV readout printed after each reply.
 pub fn readout(summary: &GenerationSummary) -> String {
-    let KvStats { tokens_seen, slots_held, capacity, bytes_held, bytes_dense } = summary.kv;
+    let KvStats { tokens_seen, slots_held, capacity, bytes_held, bytes_dense, .. } = summary.kv;
     format!(
         "[kv] seen {tokens_seen} tok | held {slots_held}/{capacity} slots | KV cache {} (dense {}) | prompt {} tok ({} reused) {:.0} tok/s | {} tok {:.1} tok/s | stop: {}",
         mebibytes(bytes_held),

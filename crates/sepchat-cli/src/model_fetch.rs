@@ -84,7 +84,12 @@ fn sha256_of(path: &Path) -> anyhow::Result<String> {
 }
 
 /// Reads `input` to the end, hashing it and copying it to `copy_to` if given, with a progress bar.
-fn hash_stream(input: &mut impl Read, mut copy_to: Option<&mut File>, size: u64, label: &str) -> anyhow::Result<String> {
+fn hash_stream(
+    input: &mut impl Read,
+    mut copy_to: Option<&mut File>,
+    size: u64,
+    label: &str,
+) -> anyhow::Result<String> {
     let progress = byte_progress(size, label);
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];

@@ -10,8 +10,9 @@ use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama;
 
+use crate::cache_policy::CacheConfig;
 use crate::error::{EngineError, Result};
-use crate::kv_cache::{CachePolicy, KvCache};
+use crate::kv_cache::KvCache;
 use crate::model::{LlamaModel, DEFAULT_PREFILL_CHUNK};
 
 /// What to measure.
@@ -41,24 +42,24 @@ impl BenchPlan {
 }
 
 /// Measures our engine with a cache built by `new_cache` at every context of the plan.
-pub fn bench_sepchat(model: &LlamaModel, plan: &BenchPlan, policy: &CachePolicy) -> Result<Vec<BenchPoint>> {
+pub fn bench_sepchat(model: &LlamaModel, plan: &BenchPlan, cache_config: &CacheConfig) -> Result<Vec<BenchPoint>> {
     if plan.source_tokens.is_empty() {
         return Err(EngineError::EmptyPrompt);
     }
     // Warm-up: first calls pay for allocations and lazy weight repacking.
-    let mut warm = model.new_cache(policy.clone());
+    let mut warm = model.new_cache(cache_config.clone());
     model.prefill(&plan.tokens(0, 16), &mut warm, DEFAULT_PREFILL_CHUNK)?;
 
     let mut points = Vec::new();
     for &context in &plan.contexts {
-        let mut cache = model.new_cache(policy.clone());
+        let mut cache = model.new_cache(cache_config.clone());
         fill(model, &mut cache, &plan.tokens(0, context))?;
         let prompt = plan.tokens(context, plan.prefill_tokens);
         let started = Instant::now();
         model.prefill(&prompt, &mut cache, DEFAULT_PREFILL_CHUNK)?;
         let prefill = plan.prefill_tokens as f64 / started.elapsed().as_secs_f64();
 
-        let mut cache = model.new_cache(policy.clone());
+        let mut cache = model.new_cache(cache_config.clone());
         fill(model, &mut cache, &plan.tokens(0, context))?;
         let steps = plan.tokens(context, plan.decode_tokens);
         let started = Instant::now();

@@ -19,6 +19,10 @@ pub enum EngineError {
     EmptyPrompt,
     #[error("the conversation needs {needed} KV slots but the {policy} cache holds at most {capacity}")]
     ContextFull { needed: usize, capacity: usize, policy: String },
+    #[error("the first {tokens} tokens (the system turn) do not fit the initial block of the {policy} cache: shorten the system prompt or choose a larger cache")]
+    InitialBlockTooLarge { tokens: usize, policy: String },
+    #[error(transparent)]
+    CacheSpec(#[from] crate::cache_policy::CacheSpecError),
     #[error("token id {id} is outside the model's vocabulary of {vocab_size}")]
     TokenOutOfRange { id: u32, vocab_size: usize },
     #[error("device {requested} is not available: {reason}")]

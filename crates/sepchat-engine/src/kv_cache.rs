@@ -10,37 +10,17 @@
 //! Buffers are preallocated per layer and written in place; they grow geometrically up to the
 //! policy's capacity, so a decode step never concatenates (and copies) the whole cache.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor};
 
+use crate::cache_policy::Blocks;
+pub use crate::cache_policy::{CacheConfig, CachePolicy, CompactionTiming, RopePositions, SepParams};
 use crate::error::{EngineError, Result};
 
 /// Keys and values are stored in f16, as llama.cpp stores them: half the memory of f32, and the
 /// same rounding as the reference implementation our outputs are checked against.
 pub const KV_DTYPE: DType = DType::F16;
-
-/// Which slots the cache keeps. Only `Dense` exists yet; the eviction policies join this enum.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CachePolicy {
-    /// Keep every token, up to `capacity` slots (the model's trained context); past it, a
-    /// `ContextFull` error, never a silent truncation.
-    Dense { capacity: usize },
-}
-
-impl CachePolicy {
-    /// The most slots this policy ever holds.
-    pub fn capacity(&self) -> usize {
-        match self {
-            Self::Dense { capacity } => *capacity,
-        }
-    }
-
-    /// A short, stable name used in messages and exports.
-    pub fn label(&self) -> String {
-        match self {
-            Self::Dense { capacity } => format!("dense:c={capacity}"),
-        }
-    }
-}
 
 /// Shape of one layer's cache, derived from the model.
 #[derive(Debug, Clone, Copy)]
@@ -63,25 +43,98 @@ struct LayerBuffers {
     values: Tensor,
 }
 
-/// Cheap statistics about the cache, readable after every step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The RoPE parameters a cache needs to re-rotate the keys a compaction moves.
+#[derive(Debug, Clone)]
+pub struct RopeSpec {
+    pub freq_base: f32,
+    pub head_dim: usize,
+    /// Per-pair divisors of the angle (Llama 3's `rope_freqs`), if the model has them.
+    pub freq_factors: Option<Vec<f32>>,
+}
+
+impl RopeSpec {
+    /// cos and sin of the rotation by `delta` positions for every pair, appended to `cos`/`sin`.
+    /// Computed in f64: a key re-rotated many times over a long chat should not drift.
+    fn push_rotation(&self, delta: f64, cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
+        let pairs = self.head_dim / 2;
+        for pair in 0..pairs {
+            let factor = self.freq_factors.as_ref().and_then(|f| f.get(pair)).copied().unwrap_or(1.0);
+            let theta = f64::from(self.freq_base).powf(-2.0 * pair as f64 / self.head_dim as f64) / f64::from(factor);
+            let angle = delta * theta;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+}
+
+/// Which token ids are separators, as a lookup table over the vocabulary.
+#[derive(Debug, Clone, Default)]
+pub struct SeparatorSet {
+    flags: Vec<bool>,
+}
+
+impl SeparatorSet {
+    pub fn from_ids(ids: &[u32]) -> Self {
+        let len = ids.iter().map(|&id| id as usize + 1).max().unwrap_or(0);
+        let mut flags = vec![false; len];
+        for &id in ids {
+            flags[id as usize] = true;
+        }
+        Self { flags }
+    }
+
+    pub fn contains(&self, id: u32) -> bool {
+        self.flags.get(id as usize).copied().unwrap_or(false)
+    }
+
+    pub fn ids(&self) -> Vec<u32> {
+        (0u32..).zip(&self.flags).filter(|(_, &flag)| flag).map(|(id, _)| id).collect()
+    }
+}
+
+/// Statistics about the cache, cheap to read after every step (SEPLLM.md's live readout).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct KvStats {
-    /// Every token processed in this conversation, template tokens included.
+    /// T: every token processed in this conversation, template tokens included.
     pub tokens_seen: usize,
-    /// Slots held now.
+    /// L: slots held now.
     pub slots_held: usize,
-    /// The most slots the policy holds.
+    /// c: the most slots the policy holds.
     pub capacity: usize,
-    /// Bytes of KV cache held now.
+    /// Slots per block, and each block's limit (a, s, w; the past window has none of its own).
+    pub initial_held: usize,
+    pub initial_limit: usize,
+    pub separators_held: usize,
+    pub separators_limit: usize,
+    pub past_held: usize,
+    pub local_held: usize,
+    pub local_limit: usize,
+    /// Tokens that fit before the next compaction (for a dense cache: before it is full).
+    pub tokens_to_next_compaction: usize,
+    /// Bytes of KV cache held now (L slots) and bytes a dense cache of T tokens would need.
     pub bytes_held: usize,
-    /// Bytes a dense cache of `tokens_seen` tokens would need.
     pub bytes_dense: usize,
+    /// L / T now, and averaged over every step so far.
+    pub kept_ratio: f64,
+    pub kept_ratio_mean: f64,
+    /// Slots attention saw, averaged over steps, and the most it ever saw.
+    pub slots_mean: f64,
+    pub slots_peak: usize,
+    /// Separators pushed out of a full separator block, and every other token evicted.
+    pub dropped_separators: usize,
+    pub dropped_other: usize,
+    pub compactions: usize,
+    /// How far back the oldest slot after the initial block reaches (T minus its stream
+    /// position); 0 when nothing but the initial block is held.
+    pub horizon: usize,
 }
 
 /// The cache of one conversation.
 pub struct KvCache {
-    policy: CachePolicy,
+    config: CacheConfig,
     shape: KvShape,
+    rope: RopeSpec,
+    separators: Arc<SeparatorSet>,
     device: Device,
     layers: Vec<LayerBuffers>,
     /// Slots the buffers have room for; grows geometrically up to the policy's capacity.
@@ -90,7 +143,22 @@ pub struct KvCache {
     slot_tokens: Vec<u32>,
     /// Stream position (0-based index in the whole conversation) of each slot's token.
     slot_stream_positions: Vec<usize>,
+    /// a, raised to cover a chat's system turn.
+    initial_limit: usize,
+    blocks: Blocks,
     tokens_seen: usize,
+    counters: Counters,
+}
+
+/// Running totals behind the averaged statistics.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counters {
+    slots_sum: f64,
+    kept_ratio_sum: f64,
+    slots_peak: usize,
+    dropped_separators: usize,
+    dropped_other: usize,
+    compactions: usize,
 }
 
 /// Slots allocated the first time a cache is written; small so an idle conversation costs little.
@@ -98,21 +166,37 @@ const INITIAL_ALLOCATION: usize = 256;
 
 impl KvCache {
     /// An empty cache; no buffer is allocated until the first token arrives.
-    pub fn new(policy: CachePolicy, shape: KvShape, device: &Device) -> Self {
+    pub fn new(
+        config: CacheConfig,
+        shape: KvShape,
+        rope: RopeSpec,
+        separators: Arc<SeparatorSet>,
+        device: &Device,
+    ) -> Self {
+        let initial_limit = config.policy.initial();
         Self {
-            policy,
+            config,
             shape,
+            rope,
+            separators,
             device: device.clone(),
             layers: Vec::new(),
             allocated: 0,
             slot_tokens: Vec::new(),
             slot_stream_positions: Vec::new(),
+            initial_limit,
+            blocks: Blocks::default(),
             tokens_seen: 0,
+            counters: Counters::default(),
         }
     }
 
+    pub fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
     pub fn policy(&self) -> &CachePolicy {
-        &self.policy
+        &self.config.policy
     }
 
     /// Slots held now (L).
@@ -138,25 +222,67 @@ impl KvCache {
         self.tokens_seen
     }
 
-    /// Makes room for `n_new` tokens: grows the buffers, or refuses when the policy cannot hold
-    /// them. Called once per chunk, before any layer is written.
+    /// Compactions so far; while 0 the cache holds exactly the stream's tokens.
+    pub fn compactions(&self) -> usize {
+        self.counters.compactions
+    }
+
+    pub fn separators(&self) -> &SeparatorSet {
+        &self.separators
+    }
+
+    /// Raises the initial block to cover the first `tokens` of the stream (a chat's system
+    /// turn, so the persona is never evicted). Refused once a compaction has happened, or when
+    /// the block would leave no room for the rest of the policy.
+    pub fn protect_initial(&mut self, tokens: usize) -> Result<()> {
+        let policy = &self.config.policy;
+        if !policy.evicts() || tokens <= self.initial_limit {
+            return Ok(());
+        }
+        let others =
+            policy.separator_limit() + if matches!(policy, CachePolicy::Sep(_)) { policy.local_limit() } else { 0 };
+        if self.counters.compactions > 0 || tokens + others >= policy.capacity() {
+            return Err(EngineError::InitialBlockTooLarge { tokens, policy: self.config.to_string() });
+        }
+        self.initial_limit = tokens;
+        Ok(())
+    }
+
+    /// The longest chunk [`KvCache::reserve`] always accepts: prompts are prefilled in pieces
+    /// no longer than this, so attention never sees more than c keys.
+    pub fn max_chunk(&self) -> usize {
+        self.config.policy.max_chunk(self.initial_limit)
+    }
+
+    /// Makes room for `n_new` tokens: compacts first when the policy evicts and the chunk would
+    /// pass c, grows the buffers, or refuses when the chunk cannot fit. Called once per chunk,
+    /// before any layer is written.
     pub fn reserve(&mut self, n_new: usize) -> Result<()> {
+        let capacity = self.config.policy.capacity();
+        // After-step compaction lets attention see one key more than c, as the reference protocol does.
+        let slack = usize::from(self.config.timing == CompactionTiming::AfterStep && self.config.policy.evicts());
+        let limit = capacity + slack;
+        if self.len() + n_new > limit {
+            self.compact(n_new.saturating_sub(slack))?;
+        }
         let needed = self.len() + n_new;
-        let capacity = self.policy.capacity();
-        if needed > capacity {
-            return Err(EngineError::ContextFull { needed, capacity, policy: self.policy.label() });
+        if needed > limit {
+            return Err(EngineError::ContextFull { needed, capacity, policy: self.config.to_string() });
         }
         if needed > self.allocated {
-            let target = needed.max(INITIAL_ALLOCATION).max(self.allocated * 2).min(capacity);
+            let target = needed.max(INITIAL_ALLOCATION).max(self.allocated * 2).min(limit);
             self.grow_to(target)?;
         }
         Ok(())
     }
 
-    /// RoPE position of the next token: its slot index. For a dense cache this equals the stream
-    /// position; for evicting policies it keeps positions inside the trained range forever.
+    /// RoPE position of the next token: its slot index (positions stay inside the trained range
+    /// forever), or its stream position for the `pos=abs` ablation.
     pub fn next_rope_position(&self) -> usize {
-        self.len()
+        match self.config.positions {
+            RopePositions::CacheSlot => self.len(),
+            RopePositions::Stream => self.tokens_seen,
+        }
     }
 
     /// Writes the chunk's keys and values (`[n_kv_head, n_new, head_dim]`, already rotated) of
@@ -174,39 +300,149 @@ impl KvCache {
         Ok((layer.keys.narrow(1, 0, total)?, layer.values.narrow(1, 0, total)?))
     }
 
-    /// Records the chunk's tokens as held slots, once every layer has been written.
-    pub fn commit(&mut self, tokens: &[u32]) {
+    /// Records the chunk's tokens as held slots, once every layer has been written; with
+    /// after-step timing, compacts when the step left more than c slots.
+    pub fn commit(&mut self, tokens: &[u32]) -> Result<()> {
         for &token in tokens {
             self.slot_tokens.push(token);
             self.slot_stream_positions.push(self.tokens_seen);
             self.tokens_seen += 1;
+            let held = self.len();
+            self.counters.slots_sum += held as f64;
+            self.counters.kept_ratio_sum += held as f64 / self.tokens_seen as f64;
+            self.counters.slots_peak = self.counters.slots_peak.max(held);
         }
+        if self.config.timing == CompactionTiming::AfterStep && self.len() > self.config.policy.capacity() {
+            self.compact(0)?;
+        }
+        Ok(())
     }
 
     /// Forgets every slot after the first `keep`: used to reuse a cached prefix when a new
-    /// prompt shares it. Only meaningful while no slot was ever dropped (true for dense).
-    pub fn truncate(&mut self, keep: usize) {
+    /// prompt shares it. Returns false (and changes nothing) once a compaction has happened,
+    /// because the slots no longer match the stream one to one.
+    pub fn truncate(&mut self, keep: usize) -> bool {
+        if self.counters.compactions > 0 {
+            return false;
+        }
         if keep < self.len() {
             self.slot_tokens.truncate(keep);
             self.slot_stream_positions.truncate(keep);
             self.tokens_seen = keep;
+            self.blocks = Blocks::default();
         }
+        true
     }
 
     /// Empties the cache but keeps its buffers for reuse.
     pub fn clear(&mut self) {
-        self.truncate(0);
+        self.slot_tokens.clear();
+        self.slot_stream_positions.clear();
+        self.tokens_seen = 0;
+        self.blocks = Blocks::default();
+        self.counters = Counters::default();
+        self.initial_limit = self.config.policy.initial();
     }
 
     pub fn stats(&self) -> KvStats {
         let bytes_per_slot = self.shape.bytes_per_slot();
+        let policy = &self.config.policy;
+        let held = self.len();
+        let (initial_held, separators_held) = if policy.evicts() {
+            let initial = self.initial_limit.min(held);
+            (initial, self.blocks.separators.min(held - initial))
+        } else {
+            (0, 0)
+        };
+        let rest = held - initial_held - separators_held;
+        let local_held = rest.min(policy.local_limit());
+        let steps = self.tokens_seen.max(1) as f64;
+        let oldest_after_initial = self.slot_stream_positions.get(initial_held);
         KvStats {
             tokens_seen: self.tokens_seen,
-            slots_held: self.len(),
-            capacity: self.policy.capacity(),
-            bytes_held: self.len() * bytes_per_slot,
+            slots_held: held,
+            capacity: policy.capacity(),
+            initial_held,
+            initial_limit: if policy.evicts() { self.initial_limit } else { 0 },
+            separators_held,
+            separators_limit: policy.separator_limit(),
+            past_held: rest - local_held,
+            local_held,
+            local_limit: policy.local_limit(),
+            tokens_to_next_compaction: policy.capacity().saturating_sub(held),
+            bytes_held: held * bytes_per_slot,
             bytes_dense: self.tokens_seen * bytes_per_slot,
+            kept_ratio: if self.tokens_seen == 0 { 1.0 } else { held as f64 / self.tokens_seen as f64 },
+            kept_ratio_mean: if self.tokens_seen == 0 { 1.0 } else { self.counters.kept_ratio_sum / steps },
+            slots_mean: self.counters.slots_sum / steps,
+            slots_peak: self.counters.slots_peak,
+            dropped_separators: self.counters.dropped_separators,
+            dropped_other: self.counters.dropped_other,
+            compactions: self.counters.compactions,
+            horizon: oldest_after_initial.map_or(0, |&position| self.tokens_seen - position),
         }
+    }
+
+    /// Applies the policy's decision before `incoming` tokens are appended (0: after a step).
+    fn compact(&mut self, incoming: usize) -> Result<()> {
+        let separators = self.separators.clone();
+        let Some(plan) = self.config.policy.plan(
+            self.initial_limit,
+            self.blocks,
+            &self.slot_tokens,
+            |id| separators.contains(id),
+            incoming,
+        ) else {
+            return Ok(());
+        };
+        self.gather(&plan.keep)?;
+        self.slot_tokens = plan.keep.iter().map(|&slot| self.slot_tokens[slot]).collect();
+        self.slot_stream_positions = plan.keep.iter().map(|&slot| self.slot_stream_positions[slot]).collect();
+        self.blocks = plan.blocks;
+        self.counters.compactions += 1;
+        self.counters.dropped_separators += plan.dropped_separators;
+        self.counters.dropped_other += plan.dropped_other;
+        Ok(())
+    }
+
+    /// Moves the kept slots to the front of every layer's buffers with one index vector. With
+    /// cache-slot positions each moved key is re-rotated by (new slot - old slot): RoPE is a
+    /// rotation, so that equals rotating the original key at its new position, and it costs
+    /// work only at compaction time (storing keys before RoPE would rotate the whole cache
+    /// every step instead).
+    fn gather(&mut self, keep: &[usize]) -> Result<()> {
+        let held = self.len();
+        let n_keep = keep.len();
+        let indices: Vec<u32> = keep.iter().map(|&slot| slot as u32).collect();
+        let indices = Tensor::from_vec(indices, n_keep, &self.device)?;
+        let rotation = if self.config.positions == RopePositions::CacheSlot {
+            let mut cos = Vec::with_capacity(n_keep * self.shape.head_dim / 2);
+            let mut sin = Vec::with_capacity(n_keep * self.shape.head_dim / 2);
+            for (new_slot, &old_slot) in keep.iter().enumerate() {
+                self.rope.push_rotation(new_slot as f64 - old_slot as f64, &mut cos, &mut sin);
+            }
+            let half = self.shape.head_dim / 2;
+            Some((
+                Tensor::from_vec(cos, (n_keep, half), &self.device)?,
+                Tensor::from_vec(sin, (n_keep, half), &self.device)?,
+            ))
+        } else {
+            None
+        };
+        for layer in &self.layers {
+            let keys = layer.keys.narrow(1, 0, held)?.index_select(&indices, 1)?;
+            let keys = match &rotation {
+                Some((cos, sin)) => {
+                    let widened = keys.to_dtype(DType::F32)?.unsqueeze(0)?.contiguous()?;
+                    candle_nn::rotary_emb::rope_i(&widened, cos, sin)?.squeeze(0)?.to_dtype(KV_DTYPE)?
+                }
+                None => keys,
+            };
+            let values = layer.values.narrow(1, 0, held)?.index_select(&indices, 1)?;
+            layer.keys.slice_set(&keys.contiguous()?, 1, 0)?;
+            layer.values.slice_set(&values.contiguous()?, 1, 0)?;
+        }
+        Ok(())
     }
 
     fn grow_to(&mut self, new_allocated: usize) -> Result<()> {
@@ -233,14 +469,47 @@ impl KvCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache_policy::SepParams;
 
     fn shape() -> KvShape {
         KvShape { n_layer: 2, n_kv_head: 1, head_dim: 2 }
     }
 
+    fn cache_with(policy: CachePolicy, shape: KvShape, separators: &[u32]) -> KvCache {
+        let rope = RopeSpec { freq_base: 10_000.0, head_dim: shape.head_dim, freq_factors: None };
+        KvCache::new(CacheConfig::new(policy), shape, rope, Arc::new(SeparatorSet::from_ids(separators)), &Device::Cpu)
+    }
+
+    fn dense(capacity: usize) -> KvCache {
+        cache_with(CachePolicy::Dense { capacity }, shape(), &[])
+    }
+
+    /// Appends one token whose key and value in every layer are `vector`.
+    fn push(cache: &mut KvCache, token: u32, vector: &[f32]) -> Result<()> {
+        push_at(cache, token, |_| vector.to_vec())
+    }
+
+    /// Appends one token whose key and value are `vector_at(its RoPE position)`, asked after
+    /// `reserve` (which may compact), as the model does.
+    fn push_at(cache: &mut KvCache, token: u32, vector_at: impl Fn(usize) -> Vec<f32>) -> Result<()> {
+        cache.reserve(1)?;
+        let vector = vector_at(cache.next_rope_position());
+        let tensor = Tensor::from_vec(vector.to_vec(), (1, 1, vector.len()), &Device::Cpu)?;
+        for layer in 0..cache.shape.n_layer {
+            cache.append_layer(layer, &tensor, &tensor)?;
+        }
+        cache.commit(&[token])
+    }
+
+    /// Keys of layer 0, `[slot][dim]`, for the held slots.
+    fn keys(cache: &KvCache) -> Result<Vec<Vec<f32>>> {
+        let keys = cache.layers[0].keys.narrow(1, 0, cache.len())?.squeeze(0)?.to_dtype(DType::F32)?;
+        Ok(keys.to_vec2()?)
+    }
+
     #[test]
     fn append_commit_and_views_keep_earlier_slots() -> Result<()> {
-        let mut cache = KvCache::new(CachePolicy::Dense { capacity: 600 }, shape(), &Device::Cpu);
+        let mut cache = dense(600);
         for step in 0..300u32 {
             cache.reserve(1)?;
             let value = Tensor::new(&[[[step as f32, -(step as f32)]]], &Device::Cpu)?;
@@ -249,7 +518,7 @@ mod tests {
                 assert_eq!(keys.dims(), &[1, step as usize + 1, 2]);
                 assert_eq!(values.dims(), &[1, step as usize + 1, 2]);
             }
-            cache.commit(&[step]);
+            cache.commit(&[step])?;
         }
         // Growth past the initial 256 slots must have copied the old slots.
         let (keys, _) = {
@@ -266,7 +535,7 @@ mod tests {
 
     #[test]
     fn dense_refuses_past_capacity_with_a_clear_error() {
-        let mut cache = KvCache::new(CachePolicy::Dense { capacity: 8 }, shape(), &Device::Cpu);
+        let mut cache = dense(8);
         let error = cache.reserve(9).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(error.contains("needs 9 KV slots"), "{error}");
         assert!(error.contains("at most 8"), "{error}");
@@ -274,19 +543,117 @@ mod tests {
 
     #[test]
     fn stats_count_bytes_against_dense() -> Result<()> {
-        let mut cache = KvCache::new(CachePolicy::Dense { capacity: 8 }, shape(), &Device::Cpu);
+        let mut cache = dense(8);
         cache.reserve(3)?;
         let chunk = Tensor::zeros((1, 3, 2), DType::F32, &Device::Cpu)?;
         for layer in 0..2 {
             cache.append_layer(layer, &chunk, &chunk)?;
         }
-        cache.commit(&[5, 6, 7]);
+        cache.commit(&[5, 6, 7])?;
         let stats = cache.stats();
         assert_eq!(stats.tokens_seen, 3);
         assert_eq!(stats.slots_held, 3);
         // 2 layers x (K and V) x 1 head x 2 dims x 2 bytes = 16 bytes per slot.
         assert_eq!(stats.bytes_held, 48);
         assert_eq!(stats.bytes_dense, 48);
+        assert_eq!(stats.tokens_to_next_compaction, 5);
         Ok(())
+    }
+
+    #[test]
+    fn compaction_gathers_slots_and_rerotates_moved_keys_to_their_new_slot() -> Result<()> {
+        // One KV head of 4 dims: two RoPE pairs with different frequencies.
+        let shape = KvShape { n_layer: 2, n_kv_head: 1, head_dim: 4 };
+        let policy = CachePolicy::Sep(SepParams { initial: 2, separators: 2, local: 3, capacity: 10 });
+        let mut cache = cache_with(policy, shape, &[0]);
+        let rope = cache.rope.clone();
+        // Key of token i before RoPE, and the same key rotated at `position`.
+        let raw = |i: usize| [1.0 + i as f32 * 0.1, -0.5, 0.25 * i as f32, 0.75];
+        let rotated = |i: usize, position: usize| {
+            let (mut cos, mut sin) = (Vec::new(), Vec::new());
+            rope.push_rotation(position as f64, &mut cos, &mut sin);
+            let k = raw(i);
+            vec![
+                k[0] * cos[0] - k[1] * sin[0],
+                k[0] * sin[0] + k[1] * cos[0],
+                k[2] * cos[1] - k[3] * sin[1],
+                k[2] * sin[1] + k[3] * cos[1],
+            ]
+        };
+        let tokens = [5, 5, 0, 5, 0, 5, 0, 5, 5, 0, 5];
+        for (i, &token) in tokens.iter().enumerate() {
+            assert_eq!(cache.next_rope_position(), cache.len());
+            push_at(&mut cache, token, |position| rotated(i, position))?;
+        }
+        // The 11th token did not fit: the cache compacted before appending it.
+        let stats = cache.stats();
+        assert_eq!(stats.compactions, 1);
+        // Slots 0..10 held [5 5 | 0 5 0 5 0 | 5 5 0]: the past window's separators 2, 4, 6 went to
+        // the separator block (the oldest pushed out), the local window 7..10 stayed.
+        assert_eq!(cache.slot_stream_positions(), &[0, 1, 4, 6, 7, 8, 9, 10][..]);
+        assert_eq!(cache.slot_tokens(), &[5, 5, 0, 0, 5, 5, 0, 5][..]);
+        assert_eq!((stats.initial_held, stats.separators_held, stats.past_held, stats.local_held), (2, 2, 1, 3));
+        assert_eq!((stats.dropped_separators, stats.dropped_other), (1, 2));
+        assert_eq!(stats.horizon, 11 - 4);
+        for (slot, (key, &stream)) in keys(&cache)?.iter().zip(cache.slot_stream_positions()).enumerate() {
+            let expected = rotated(stream, slot);
+            for (got, want) in key.iter().zip(&expected) {
+                assert!((got - want).abs() < 2e-3, "slot {slot}: {key:?} vs {expected:?}");
+            }
+        }
+        // Values are moved, never rotated: layer 1 holds the same as layer 0 here, checked via values.
+        let values =
+            cache.layers[1].values.narrow(1, 0, cache.len())?.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let first_positions = [0, 1, 4, 6, 7, 8, 9, 7];
+        for ((value, &stream), &position) in values.iter().zip(cache.slot_stream_positions()).zip(&first_positions) {
+            let expected = rotated(stream, position);
+            assert!(value.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 2e-3), "{value:?} vs {expected:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn after_step_timing_lets_attention_see_c_plus_one_keys_then_compacts() -> Result<()> {
+        let mut config = CacheConfig::new(CachePolicy::Streaming { initial: 1, capacity: 4 });
+        config.timing = CompactionTiming::AfterStep;
+        config.positions = RopePositions::Stream;
+        let rope = RopeSpec { freq_base: 10_000.0, head_dim: 2, freq_factors: None };
+        let mut cache = KvCache::new(config, shape(), rope, Arc::new(SeparatorSet::default()), &Device::Cpu);
+        for token in 0..6u32 {
+            assert_eq!(cache.next_rope_position(), token as usize);
+            push(&mut cache, token, &[token as f32, 0.0])?;
+            assert!(cache.len() <= 4);
+        }
+        assert_eq!(cache.slot_tokens(), &[0, 3, 4, 5][..]);
+        let stats = cache.stats();
+        assert_eq!(stats.slots_peak, 5);
+        assert_eq!(stats.compactions, 2);
+        // Stream positions are kept, so keys are only moved (not rotated).
+        assert_eq!(keys(&cache)?.iter().map(|k| k[0]).collect::<Vec<_>>(), vec![0.0, 3.0, 4.0, 5.0]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_truncated_prefix_is_refused_after_a_compaction() -> Result<()> {
+        let mut cache = cache_with(CachePolicy::Streaming { initial: 1, capacity: 3 }, shape(), &[]);
+        for token in 0..3 {
+            push(&mut cache, token, &[1.0, 1.0])?;
+        }
+        assert!(cache.truncate(2));
+        push(&mut cache, 7, &[1.0, 1.0])?;
+        push(&mut cache, 8, &[1.0, 1.0])?;
+        assert_eq!(cache.compactions(), 1);
+        assert!(!cache.truncate(1));
+        Ok(())
+    }
+
+    #[test]
+    fn the_system_turn_can_be_protected_only_while_it_fits() {
+        let policy = CachePolicy::Sep(SepParams { initial: 4, separators: 4, local: 4, capacity: 20 });
+        let mut cache = cache_with(policy, shape(), &[]);
+        assert!(cache.protect_initial(11).is_ok());
+        assert_eq!(cache.max_chunk(), 20 - (11 + 4 + 4));
+        let error = cache.protect_initial(12).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("first 12 tokens"), "{error}");
     }
 }

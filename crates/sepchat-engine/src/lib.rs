@@ -8,6 +8,7 @@
 
 mod attention;
 pub mod bench;
+pub mod cache_policy;
 pub mod device;
 pub mod error;
 mod ggml_exact;
@@ -18,9 +19,10 @@ mod quant;
 pub mod sampling;
 pub mod worker;
 
+pub use cache_policy::{CacheConfig, CachePolicy, CacheSpecError, SepParams};
 pub use device::DeviceChoice;
 pub use error::{EngineError, Result};
-pub use kv_cache::{CachePolicy, KvCache, KvStats};
+pub use kv_cache::{KvCache, KvStats};
 pub use model::{LlamaModel, ModelConfig};
 pub use sampling::SamplingParams;
 pub use worker::{Engine, Event, GenerateRequest, GenerationSummary, SessionId, StopReason};

@@ -8,14 +8,16 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{DType, Device, Tensor};
 use sepchat_text::{ChatTemplate, GgufTokenizer};
 
+use crate::cache_policy::{CacheConfig, SeparatorRule};
 use crate::error::{EngineError, Result};
 use crate::ggml_exact;
-use crate::kv_cache::{CachePolicy, KvCache, KvShape};
+use crate::kv_cache::{KvCache, KvShape, RopeSpec, SeparatorSet};
 use crate::quant::{EmbeddingTable, Linear};
 
 /// Hyper-parameters read from the GGUF metadata.
@@ -80,6 +82,9 @@ pub struct LlamaModel {
     tokenizer: GgufTokenizer,
     chat_template: Option<ChatTemplate>,
     weights_bytes: usize,
+    /// Separator sets by rule, built from the vocabulary at load (SepCache's token-id test).
+    vocabulary_separators: Arc<SeparatorSet>,
+    paper_separators: Arc<SeparatorSet>,
     /// The threads every forward pass runs on.
     pool: rayon::ThreadPool,
 }
@@ -148,6 +153,8 @@ impl LlamaModel {
             .thread_name(|index| format!("sepchat-compute-{index}"))
             .build()
             .map_err(|error| load_error(&path, format!("cannot start the compute threads: {error}")))?;
+        let vocabulary_separators = Arc::new(SeparatorSet::from_ids(&tokenizer.separator_ids()));
+        let paper_separators = Arc::new(SeparatorSet::from_ids(&tokenizer.paper_separator_ids()?));
         Ok(Self {
             config,
             device,
@@ -159,6 +166,8 @@ impl LlamaModel {
             tokenizer,
             chat_template,
             weights_bytes,
+            vocabulary_separators,
+            paper_separators,
             pool,
         })
     }
@@ -188,24 +197,40 @@ impl LlamaModel {
         self.weights_bytes
     }
 
-    /// A new, empty cache for one conversation.
-    pub fn new_cache(&self, policy: CachePolicy) -> KvCache {
-        KvCache::new(policy, self.config.kv_shape(), &self.device)
+    /// The separator set a cache configured with `rule` uses.
+    pub fn separators(&self, rule: SeparatorRule) -> &Arc<SeparatorSet> {
+        match rule {
+            SeparatorRule::Vocabulary => &self.vocabulary_separators,
+            SeparatorRule::Paper => &self.paper_separators,
+        }
+    }
+
+    /// A new, empty cache for one conversation. `config` should have been validated against
+    /// this model ([`CacheConfig::validate`]).
+    pub fn new_cache(&self, config: CacheConfig) -> KvCache {
+        let rope = RopeSpec {
+            freq_base: self.config.rope_freq_base,
+            head_dim: self.config.head_dim,
+            freq_factors: self.config.rope_freq_factors.clone(),
+        };
+        let separators = self.separators(config.separators).clone();
+        KvCache::new(config, self.config.kv_shape(), rope, separators, &self.device)
     }
 
     /// A dense cache bounded by the model's trained context.
     pub fn new_dense_cache(&self) -> KvCache {
-        self.new_cache(CachePolicy::Dense { capacity: self.config.context_length })
+        self.new_cache(CacheConfig::dense(self.config.context_length))
     }
 
-    /// Feeds `tokens` through the model in chunks of at most `chunk_size`, appending to `cache`,
-    /// and returns the logits of the last token as a `[vocab]` f32 tensor.
+    /// Feeds `tokens` through the model in chunks of at most `chunk_size` (and never longer than
+    /// the cache accepts after a compaction), appending to `cache`, and returns the logits of the
+    /// last token as a `[vocab]` f32 tensor.
     pub fn prefill(&self, tokens: &[u32], cache: &mut KvCache, chunk_size: usize) -> Result<Tensor> {
         if tokens.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
         let mut last_logits = None;
-        for chunk in tokens.chunks(chunk_size.max(1)) {
+        for chunk in tokens.chunks(chunk_size.min(cache.max_chunk()).max(1)) {
             last_logits = Some(self.forward(chunk, cache, LogitsFor::LastToken)?);
         }
         let logits = last_logits.ok_or(EngineError::EmptyPrompt)?;
@@ -250,7 +275,7 @@ impl LlamaModel {
             let ffn_out = layer.ffn_down.forward(&self.swiglu(&gate, &up)?)?;
             hidden = (hidden + ffn_out)?;
         }
-        cache.commit(tokens);
+        cache.commit(tokens)?;
         let hidden = match logits_for {
             LogitsFor::LastToken => hidden.narrow(0, n_new - 1, 1)?,
             LogitsFor::From(first) => hidden.narrow(0, first.min(n_new - 1), n_new - first.min(n_new - 1))?,

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use sepchat_text::StreamingDetokenizer;
 
+use crate::cache_policy::CacheConfig;
 use crate::error::{EngineError, Result};
-use crate::kv_cache::{CachePolicy, KvCache, KvStats};
+use crate::kv_cache::{KvCache, KvStats};
 use crate::model::{LlamaModel, DEFAULT_PREFILL_CHUNK};
 use crate::sampling::{Sampler, SamplingParams};
 
@@ -35,8 +36,11 @@ pub struct GenerateRequest {
     pub prompt_tokens: Vec<u32>,
     pub sampling: SamplingParams,
     pub max_tokens: usize,
-    /// `None` keeps the session's policy (dense for a new session).
-    pub cache_policy: Option<CachePolicy>,
+    /// `None` keeps the session's cache settings (the default SepCache profile for a new
+    /// session); different settings start the session's cache afresh.
+    pub cache: Option<CacheConfig>,
+    /// Leading prompt tokens the cache must never evict (a chat's system turn).
+    pub protected_tokens: usize,
     pub cancel: Arc<AtomicBool>,
     pub events: Sender<Event>,
     #[cfg(test)]
@@ -56,7 +60,8 @@ impl GenerateRequest {
             prompt_tokens,
             sampling,
             max_tokens,
-            cache_policy: None,
+            cache: None,
+            protected_tokens: 0,
             cancel: Arc::new(AtomicBool::new(false)),
             events,
             #[cfg(test)]
@@ -195,6 +200,9 @@ impl Drop for Engine {
 
 struct Session {
     cache: KvCache,
+    /// Every token fed to the cache, in order: what a new prompt must extend to reuse it
+    /// (after a compaction the cache's slots are no longer the stream itself).
+    fed: Vec<u32>,
     last_used: u64,
 }
 
@@ -223,7 +231,11 @@ impl Worker {
         let outcome = catch_unwind(AssertUnwindSafe(|| self.generate(&request, &mut partial_text)));
         let event = match outcome {
             Ok(Ok(summary)) => Event::Done(summary),
-            Ok(Err(error)) => Event::Error { message: error.to_string(), partial_text },
+            Ok(Err(error)) => {
+                // The cache may hold part of a chunk the session did not record: rebuild it next time.
+                self.sessions.remove(&session_id);
+                Event::Error { message: error.to_string(), partial_text }
+            }
             Err(panic) => {
                 // The cache may be half-written: start that conversation afresh next time.
                 self.sessions.remove(&session_id);
@@ -236,11 +248,11 @@ impl Worker {
         let _ = events.send(event);
     }
 
-    fn session(&mut self, id: SessionId, policy: Option<&CachePolicy>) -> &mut Session {
+    fn session(&mut self, id: SessionId, config: Option<&CacheConfig>) -> &mut Session {
         self.clock += 1;
-        // A session asked to switch policy starts afresh: the slots it holds follow the old rule.
-        let stale = match (self.sessions.get(&id), policy) {
-            (Some(session), Some(policy)) => session.cache.policy() != policy,
+        // A session asked to switch cache settings starts afresh: its slots follow the old rule.
+        let stale = match (self.sessions.get(&id), config) {
+            (Some(session), Some(config)) => session.cache.config() != config,
             _ => false,
         };
         if stale {
@@ -254,10 +266,8 @@ impl Worker {
         }
         let model = &self.model;
         let session = self.sessions.entry(id).or_insert_with(|| Session {
-            cache: match policy {
-                Some(policy) => model.new_cache(policy.clone()),
-                None => model.new_dense_cache(),
-            },
+            cache: model.new_cache(config.cloned().unwrap_or_default()),
+            fed: Vec::new(),
             last_used: 0,
         });
         session.last_used = self.clock;
@@ -271,16 +281,29 @@ impl Worker {
         let model = self.model.clone();
         let tokenizer = model.tokenizer();
         let mut sampler = Sampler::new(request.sampling.clone())?;
-        let session = self.session(request.session, request.cache_policy.as_ref());
-        let cache = &mut session.cache;
-
-        // Reuse the longest prefix the cache holds; at least one token must be fed to get logits.
-        let held = cache.slot_tokens();
-        let mut reused = held.iter().zip(&request.prompt_tokens).take_while(|(a, b)| a == b).count();
-        reused = reused.min(request.prompt_tokens.len() - 1);
-        if reused < cache.len() {
-            cache.truncate(reused);
+        if let Some(config) = &request.cache {
+            config.validate(model.config().context_length)?;
         }
+        let session = self.session(request.session, request.cache.as_ref());
+
+        // Reuse the longest prefix already fed; at least one token must be fed to get logits.
+        let mut reused = session.fed.iter().zip(&request.prompt_tokens).take_while(|(a, b)| a == b).count();
+        reused = reused.min(request.prompt_tokens.len() - 1);
+        if reused < session.fed.len() {
+            if session.cache.truncate(reused) {
+                session.fed.truncate(reused);
+            } else {
+                // The cache compacted since: its slots cannot be rolled back, so rebuild it.
+                session.cache.clear();
+                session.fed.clear();
+                reused = 0;
+            }
+        }
+        if session.fed.is_empty() {
+            session.cache.protect_initial(request.protected_tokens)?;
+        }
+        let cache = &mut session.cache;
+        let fed = &mut session.fed;
         let started = Instant::now();
         let mut logits = None;
         for chunk in request.prompt_tokens[reused..].chunks(DEFAULT_PREFILL_CHUNK) {
@@ -288,6 +311,7 @@ impl Worker {
                 break;
             }
             logits = Some(model.prefill(chunk, cache, DEFAULT_PREFILL_CHUNK)?);
+            fed.extend_from_slice(chunk);
         }
         let prefill_time = started.elapsed();
         let _ = request.events.send(Event::Stats(cache.stats()));
@@ -326,6 +350,7 @@ impl Worker {
                 break StopReason::MaxTokens;
             }
             logits = Some(model.prefill(&[next], cache, 1)?);
+            fed.push(next);
             let _ = request.events.send(Event::Stats(cache.stats()));
         };
         if let Some(tail) = detokenizer.finish(tokenizer)? {

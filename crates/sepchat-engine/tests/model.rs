@@ -5,7 +5,7 @@ use std::sync::mpsc;
 
 use candle_core::Tensor;
 use sepchat_engine::model::{logits_to_vec, LlamaModel, LogitsFor};
-use sepchat_engine::{CachePolicy, Engine, EngineError, Event, GenerateRequest, SamplingParams, StopReason};
+use sepchat_engine::{CacheConfig, Engine, EngineError, Event, GenerateRequest, SamplingParams, StopReason};
 
 mod support;
 
@@ -79,7 +79,7 @@ fn out_of_vocabulary_tokens_and_empty_prompts_are_errors() {
 #[test]
 fn dense_cache_refuses_to_overflow_instead_of_truncating() {
     let model = model();
-    let mut cache = model.new_cache(CachePolicy::Dense { capacity: 16 });
+    let mut cache = model.new_cache(CacheConfig::dense(16));
     let tokens = model.tokenizer().encode(TEXT).expect("encode");
     let error = model.prefill(&tokens[..20], &mut cache, 8).expect_err("too long for 16 slots");
     assert!(matches!(error, EngineError::ContextFull { capacity: 16, .. }), "{error}");

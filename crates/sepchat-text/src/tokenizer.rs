@@ -244,6 +244,26 @@ impl GgufTokenizer {
         self.separator_ids.clone()
     }
 
+    /// The separator set of the SepLLM paper's streaming experiment, for reproducing it: tokens
+    /// whose text is exactly one of the paper's nine separators (`.` `,` `?` `!` `;` `:` space,
+    /// tab, newline), one of `.` `,` `?` `!` `;` `:` newline after one space, or a run of two or
+    /// three spaces. On SmolLM2 these are the 18 ids of ../shared/reference/stream-ppl.md.
+    pub fn paper_separator_ids(&self) -> Result<Vec<u32>, TextError> {
+        const NINE: [&str; 9] = [".", ",", "?", "!", ";", ":", " ", "\t", "\n"];
+        let mut ids = Vec::new();
+        for (id, is_special) in (0u32..).zip(&self.special_flags) {
+            if *is_special {
+                continue;
+            }
+            let text = self.decode(&[id], false)?;
+            let after_space = text.strip_prefix(' ').is_some_and(|rest| NINE[..6].contains(&rest) || rest == "\n");
+            if NINE.contains(&text.as_str()) || after_space || text == "  " || text == "   " {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
     fn compute_separator_ids(&self) -> Result<Vec<u32>, TextError> {
         let mut separator_ids = Vec::new();
         for (id, is_special) in (0u32..).zip(&self.special_flags) {

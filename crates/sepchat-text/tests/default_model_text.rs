@@ -201,3 +201,14 @@ fn streaming_detokenizer_can_skip_special_tokens() {
     streamed.extend(detokenizer.finish(&tokenizer).expect("finish"));
     assert_eq!(streamed, "assistant\nHi 🙂");
 }
+
+#[test]
+fn paper_separator_rule_gives_the_reference_experiments_ids() {
+    let tokenizer = common::default_tokenizer();
+    let mut ids = tokenizer.paper_separator_ids().expect("decode");
+    ids.sort_unstable();
+    // The list in ../shared/reference/stream-ppl.md, sorted.
+    let mut expected = vec![17, 28, 30, 42, 43, 47, 197, 198, 216, 1577, 1673, 3297, 5728, 8544, 9148, 3717, 256, 333];
+    expected.sort_unstable();
+    assert_eq!(ids, expected);
+}
