@@ -93,7 +93,8 @@ impl SeparatorSet {
 }
 
 /// Statistics about the cache, cheap to read after every step (SEPLLM.md's live readout).
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+/// Serializable so faces can stream them field by field (`sepchat ask --stats-json`).
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
 pub struct KvStats {
     /// T: every token processed in this conversation, template tokens included.
     pub tokens_seen: usize,
@@ -411,7 +412,6 @@ impl KvCache {
     /// work only at compaction time (storing keys before RoPE would rotate the whole cache
     /// every step instead).
     fn gather(&mut self, keep: &[usize]) -> Result<()> {
-        let held = self.len();
         let n_keep = keep.len();
         let indices: Vec<u32> = keep.iter().map(|&slot| slot as u32).collect();
         let indices = Tensor::from_vec(indices, n_keep, &self.device)?;
@@ -430,7 +430,8 @@ impl KvCache {
             None
         };
         for layer in &self.layers {
-            let keys = layer.keys.narrow(1, 0, held)?.index_select(&indices, 1)?;
+            // The whole buffer is contiguous (index_select needs that); every index is below `held`.
+            let keys = layer.keys.index_select(&indices, 1)?;
             let keys = match &rotation {
                 Some((cos, sin)) => {
                     let widened = keys.to_dtype(DType::F32)?.unsqueeze(0)?.contiguous()?;
@@ -438,7 +439,7 @@ impl KvCache {
                 }
                 None => keys,
             };
-            let values = layer.values.narrow(1, 0, held)?.index_select(&indices, 1)?;
+            let values = layer.values.index_select(&indices, 1)?;
             layer.keys.slice_set(&keys.contiguous()?, 1, 0)?;
             layer.values.slice_set(&values.contiguous()?, 1, 0)?;
         }

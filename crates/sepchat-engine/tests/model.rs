@@ -161,3 +161,106 @@ fn worker_honours_the_cancel_flag_and_reports_errors_with_partial_text() {
     let (_, events) = collect(receiver);
     assert!(matches!(events.last(), Some(Event::Done(_))), "{events:?}");
 }
+
+/// Logits of feeding `tokens` one at a time through a cache built from `spec`, with the number
+/// of compactions the cache had done when each came out.
+fn step_logits(model: &LlamaModel, spec: &str, tokens: &[u32]) -> Vec<(Vec<f32>, usize)> {
+    let config = CacheConfig::parse_for_model(spec, model.config().context_length).expect("valid spec");
+    let mut cache = model.new_cache(config);
+    let capacity = cache.policy().capacity();
+    tokens
+        .iter()
+        .map(|&token| {
+            let logits = model.forward(&[token], &mut cache, LogitsFor::LastToken).expect("forward");
+            assert!(cache.len() <= capacity, "{spec}: {} slots held", cache.len());
+            (logits_to_vec(&logits).expect("logits"), cache.compactions())
+        })
+        .collect()
+}
+
+#[test]
+fn evicting_caches_give_dense_logits_until_their_first_compaction_and_differ_after() {
+    let model = model();
+    let text = TEXT.repeat(2);
+    let tokens = model.tokenizer().encode(&text).expect("encode");
+    assert!(tokens.len() >= 90);
+    let tokens = &tokens[..90];
+    let dense = step_logits(&model, "dense", tokens);
+    for spec in ["sep:a=4,s=8,w=16,c=48", "streaming:a=4,c=40", "sep:a=4,s=8,w=16,c=48,pos=abs"] {
+        let evicting = step_logits(&model, spec, tokens);
+        let before = evicting.iter().take_while(|(_, compactions)| *compactions == 0).count();
+        assert!(before >= 40 && before < tokens.len(), "{spec}: first compaction at step {before}");
+        for step in 0..before {
+            assert_eq!(evicting[step].0, dense[step].0, "{spec}: step {step} differs before any compaction");
+        }
+        // Evicting tokens must change what the model sees.
+        assert!((before..tokens.len()).any(|step| evicting[step].0 != dense[step].0), "{spec}: nothing was evicted");
+    }
+}
+
+#[test]
+fn chunked_prefill_never_lets_attention_see_more_than_c_keys() {
+    let model = model();
+    let tokens = model.tokenizer().encode(&TEXT.repeat(4)).expect("encode");
+    let config = CacheConfig::parse_for_model("sep:a=4,s=8,w=16,c=48", 8192).expect("valid spec");
+    let mut cache = model.new_cache(config);
+    // Asked for chunks of 512, the prefill splits at c - (a + s + w) = 20 tokens.
+    assert_eq!(cache.max_chunk(), 20);
+    model.prefill(&tokens, &mut cache, 512).expect("prefill");
+    let stats = cache.stats();
+    assert_eq!(stats.tokens_seen, tokens.len());
+    assert!(stats.slots_peak <= 48, "attention saw {} keys", stats.slots_peak);
+    assert!(stats.compactions > 0);
+    assert!(stats.separators_held > 0 && stats.separators_held <= 8, "{stats:?}");
+    // The separator block holds only separators of the vocabulary rule.
+    let separators = cache.separators();
+    let held = &cache.slot_tokens()[stats.initial_held..stats.initial_held + stats.separators_held];
+    assert!(held.iter().all(|&id| separators.contains(id)), "{held:?}");
+    assert_eq!(stats.bytes_held, cache.len() * 23_040);
+    assert!(stats.bytes_held < stats.bytes_dense);
+}
+
+#[test]
+fn worker_extends_a_compacted_session_without_rebuilding_it() {
+    let engine = Engine::start(model()).expect("worker");
+    let tokenizer = engine.model().tokenizer();
+    let config = CacheConfig::parse_for_model("sep:a=4,s=8,w=16,c=48", 8192).expect("valid spec");
+    let first_prompt = tokenizer.encode(TEXT).expect("encode");
+    let (sender, receiver) = mpsc::channel();
+    let mut request = GenerateRequest::new(11, first_prompt.clone(), SamplingParams::greedy(), 8, sender);
+    request.cache = Some(config.clone());
+    engine.submit(request).expect("submit");
+    let (_, events) = collect(receiver);
+    let Some(Event::Done(first)) = events.last() else { panic!("no Done event: {events:?}") };
+    assert!(first.kv.compactions > 0, "the first turn should already compact: {:?}", first.kv);
+
+    // The next turn repeats everything fed so far: the prompt and the generated tokens, minus
+    // the last one (sampled but not fed). Only the new tokens are fed.
+    let mut second_prompt = first_prompt.clone();
+    second_prompt.extend(tokenizer.encode(&first.text).expect("encode"));
+    second_prompt.extend(tokenizer.encode(" And then?").expect("encode"));
+    let (sender, receiver) = mpsc::channel();
+    let mut request = GenerateRequest::new(11, second_prompt, SamplingParams::greedy(), 4, sender);
+    request.cache = Some(config.clone());
+    engine.submit(request).expect("submit");
+    let (_, events) = collect(receiver);
+    let Some(Event::Done(second)) = events.last() else { panic!("no Done event: {events:?}") };
+    assert!(second.reused_tokens >= first_prompt.len(), "reused {}", second.reused_tokens);
+    assert_eq!(second.kv.tokens_seen, second.prompt_tokens + second.generated_tokens.saturating_sub(1));
+
+    // A prompt that rewrites history cannot roll back a compacted cache: it is rebuilt.
+    let (sender, receiver) = mpsc::channel();
+    let mut request = GenerateRequest::new(
+        11,
+        tokenizer.encode("Another story.").expect("encode"),
+        SamplingParams::greedy(),
+        2,
+        sender,
+    );
+    request.cache = Some(config);
+    engine.submit(request).expect("submit");
+    let (_, events) = collect(receiver);
+    let Some(Event::Done(third)) = events.last() else { panic!("no Done event: {events:?}") };
+    assert_eq!(third.reused_tokens, 0);
+    assert_eq!(third.kv.compactions, 0);
+}
