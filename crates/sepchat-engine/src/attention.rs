@@ -77,7 +77,9 @@ fn f16_slice(storage: &Storage) -> Result<&[f16]> {
 }
 
 /// llama.cpp's `flash_attn_ext_f16_one_chunk` for one query row: f16 query, f32 dot products,
-/// online softmax in f32, values accumulated in f16.
+/// online softmax in f32, values accumulated in f16. Runs the AVX2/F16C kernel when the CPU has
+/// it (bit-identical to the portable one, which a test checks), since at long contexts this loop
+/// is most of a decode step.
 #[allow(clippy::too_many_arguments)]
 fn attend_one(
     query: &[f32],
@@ -90,14 +92,46 @@ fn attend_one(
     scale: f32,
     out: &mut [f32],
 ) {
+    let rows = Rows { key_rows, key_data, value_rows, value_data, kv_head, visible };
+    #[cfg(target_arch = "x86_64")]
+    if x86::supported(query.len()) {
+        // SAFETY: `supported` checked the CPU features and the head size; the kernel reads only
+        // rows `0..visible` of `kv_head`, which `Rows::key`/`Rows::value` bound-check.
+        unsafe { x86::attend_one(query, &rows, scale, out) };
+        return;
+    }
+    attend_one_portable(query, &rows, scale, out);
+}
+
+/// The cache rows one query row attends to.
+struct Rows<'a> {
+    key_rows: &'a CacheRows,
+    key_data: &'a [f16],
+    value_rows: &'a CacheRows,
+    value_data: &'a [f16],
+    kv_head: usize,
+    visible: usize,
+}
+
+impl Rows<'_> {
+    fn key(&self, slot: usize, head_dim: usize) -> &[f16] {
+        &self.key_data[self.key_rows.start(self.kv_head, slot)..][..head_dim]
+    }
+
+    fn value(&self, slot: usize, head_dim: usize) -> &[f16] {
+        &self.value_data[self.value_rows.start(self.kv_head, slot)..][..head_dim]
+    }
+}
+
+fn attend_one_portable(query: &[f32], rows: &Rows<'_>, scale: f32, out: &mut [f32]) {
     let head_dim = query.len();
     let query: Vec<f32> = query.iter().map(|&q| f16::from_f32(q).to_f32()).collect();
     let mut accumulated = vec![f16::ZERO; head_dim];
     let mut running_max = f32::NEG_INFINITY;
     let mut running_sum = 0f32;
-    for slot in 0..visible {
-        let key = &key_data[key_rows.start(kv_head, slot)..][..head_dim];
-        let value = &value_data[value_rows.start(kv_head, slot)..][..head_dim];
+    for slot in 0..rows.visible {
+        let key = rows.key(slot, head_dim);
+        let value = rows.value(slot, head_dim);
         let score = crate::ggml_exact::dot_f16(&query, key) * scale;
         let mut max_scale = 1f32;
         let mut weight = 1f32;
@@ -120,5 +154,158 @@ fn attend_one(
     let inverse_sum = if running_sum == 0.0 { 0.0 } else { 1.0 / running_sum };
     for (out, acc) in out.iter_mut().zip(&accumulated) {
         *out = acc.to_f32() * inverse_sum;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! The row kernel with AVX2, FMA and F16C: the same roundings in the same order as the
+    //! portable kernel (and ggml), eight lanes at a time.
+
+    use std::arch::x86_64::*;
+
+    use half::f16;
+
+    use super::Rows;
+
+    /// Head sizes the kernel handles: whole 64-element blocks of ggml's f16 dot product, and
+    /// at most `MAX_HEAD_DIM` accumulator lanes kept in registers or on the stack.
+    const MAX_HEAD_DIM: usize = 256;
+
+    pub(super) fn supported(head_dim: usize) -> bool {
+        head_dim > 0
+            && head_dim.is_multiple_of(64)
+            && head_dim <= MAX_HEAD_DIM
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+    }
+
+    /// Rounds each lane to f16 and back: the accumulator's precision in ggml.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn round_to_f16(x: __m256) -> __m256 {
+        _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
+    }
+
+    /// Eight f16 values widened to f32.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_f16(values: &[f16]) -> __m256 {
+        debug_assert!(values.len() >= 8);
+        _mm256_cvtph_ps(_mm_loadu_si128(values.as_ptr().cast()))
+    }
+
+    /// `ggml_vec_dot_f16` in ggml's AVX-512 order (see `ggml_exact::dot_f16`): per 64-element
+    /// block, four 16-lane accumulators, each 16 lanes held as two 8-lane halves.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_f16(query: &[f32], key: &[f16]) -> f32 {
+        let head_dim = query.len();
+        let zero = _mm256_setzero_ps();
+        let mut low = [zero; 4];
+        let mut high = [zero; 4];
+        for start in (0..head_dim).step_by(64) {
+            for j in 0..4 {
+                let e = start + 16 * j;
+                let q_low = _mm256_loadu_ps(query[e..e + 8].as_ptr());
+                let q_high = _mm256_loadu_ps(query[e + 8..e + 16].as_ptr());
+                low[j] = _mm256_fmadd_ps(q_low, load_f16(&key[e..e + 8]), low[j]);
+                high[j] = _mm256_fmadd_ps(q_high, load_f16(&key[e + 8..e + 16]), high[j]);
+            }
+        }
+        // lanes = (acc0 + acc2) + (acc1 + acc3), then _mm512_reduce_add_ps: lanes 8..16 + 0..8,
+        // then the upper four + the lower four, then (0 + 2) + (1 + 3).
+        let lanes_low = _mm256_add_ps(_mm256_add_ps(low[0], low[2]), _mm256_add_ps(low[1], low[3]));
+        let lanes_high = _mm256_add_ps(_mm256_add_ps(high[0], high[2]), _mm256_add_ps(high[1], high[3]));
+        let eight = _mm256_add_ps(lanes_high, lanes_low);
+        let four = _mm_add_ps(_mm256_extractf128_ps::<1>(eight), _mm256_castps256_ps128(eight));
+        let mut f = [0f32; 4];
+        _mm_storeu_ps(f.as_mut_ptr(), four);
+        (f[0] + f[2]) + (f[1] + f[3])
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn attend_one(query: &[f32], rows: &Rows<'_>, scale: f32, out: &mut [f32]) {
+        let head_dim = query.len();
+        let groups = head_dim / 8;
+        let mut rounded_query = [0f32; MAX_HEAD_DIM];
+        for (rounded, &q) in rounded_query.iter_mut().zip(query) {
+            *rounded = f16::from_f32(q).to_f32();
+        }
+        let rounded_query = &rounded_query[..head_dim];
+        let mut accumulated = [_mm256_setzero_ps(); MAX_HEAD_DIM / 8];
+        let accumulated = &mut accumulated[..groups];
+        let mut running_max = f32::NEG_INFINITY;
+        let mut running_sum = 0f32;
+        for slot in 0..rows.visible {
+            let key = rows.key(slot, head_dim);
+            let value = rows.value(slot, head_dim);
+            let score = dot_f16(rounded_query, key) * scale;
+            let mut max_scale = 1f32;
+            let mut weight = 1f32;
+            if score > running_max {
+                let previous = running_max;
+                running_max = score;
+                max_scale = (previous - running_max).exp();
+                let factor = _mm256_set1_ps(max_scale);
+                for acc in accumulated.iter_mut() {
+                    *acc = round_to_f16(_mm256_mul_ps(*acc, factor));
+                }
+            } else {
+                weight = (score - running_max).exp();
+            }
+            let factor = _mm256_set1_ps(weight);
+            for (group, acc) in accumulated.iter_mut().enumerate() {
+                let v = load_f16(&value[group * 8..group * 8 + 8]);
+                *acc = round_to_f16(_mm256_fmadd_ps(v, factor, *acc));
+            }
+            running_sum = running_sum.mul_add(max_scale, weight);
+        }
+        let inverse_sum = _mm256_set1_ps(if running_sum == 0.0 { 0.0 } else { 1.0 / running_sum });
+        for (group, acc) in accumulated.iter().enumerate() {
+            _mm256_storeu_ps(out[group * 8..group * 8 + 8].as_mut_ptr(), _mm256_mul_ps(*acc, inverse_sum));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pseudo-random cache with a wide range of scores, so the online softmax rescales often.
+    fn cache_values(n: usize, seed: u32) -> Vec<f16> {
+        let mut state = seed;
+        (0..n)
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                f16::from_f32(((state >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 6.0)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn simd_and_portable_row_kernels_agree_to_the_bit() {
+        for head_dim in [64usize, 128] {
+            let slots = 300;
+            let keys = cache_values(slots * head_dim, 1);
+            let values = cache_values(slots * head_dim, 2);
+            let layout = CacheRows { offset: 0, head_stride: slots * head_dim, slot_stride: head_dim };
+            let query: Vec<f32> = cache_values(head_dim, 3).iter().map(|q| q.to_f32() * 1.37).collect();
+            for visible in [1usize, 2, 17, 300] {
+                let rows = Rows {
+                    key_rows: &layout,
+                    key_data: &keys,
+                    value_rows: &layout,
+                    value_data: &values,
+                    kv_head: 0,
+                    visible,
+                };
+                let mut portable = vec![0f32; head_dim];
+                attend_one_portable(&query, &rows, 0.125, &mut portable);
+                let mut dispatched = vec![0f32; head_dim];
+                attend_one(&query, 0, visible, &layout, &keys, &layout, &values, 0.125, &mut dispatched);
+                let portable_bits: Vec<u32> = portable.iter().map(|x| x.to_bits()).collect();
+                let dispatched_bits: Vec<u32> = dispatched.iter().map(|x| x.to_bits()).collect();
+                assert_eq!(portable_bits, dispatched_bits, "head_dim {head_dim}, {visible} slots");
+            }
+        }
     }
 }
