@@ -50,7 +50,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = model.config();
     let held = per_token[0].1.round() as usize;
     let half = config.head_dim / 2;
-    let keys = Tensor::randn(0f32, 1f32, (1, config.n_kv_head, held, config.head_dim), &Device::Cpu)?.to_dtype(DType::F16)?;
+    let keys =
+        Tensor::randn(0f32, 1f32, (1, config.n_kv_head, held, config.head_dim), &Device::Cpu)?.to_dtype(DType::F16)?;
     let angles: Vec<f32> = (0..held * half).map(|i| (i / half) as f32 * 0.01).collect();
     let cos = Tensor::from_vec(angles.iter().map(|a| a.cos()).collect::<Vec<_>>(), (held, half), &Device::Cpu)?;
     let sin = Tensor::from_vec(angles.iter().map(|a| a.sin()).collect::<Vec<_>>(), (held, half), &Device::Cpu)?;

@@ -403,7 +403,8 @@ impl fmt::Display for CacheConfig {
         if self.timing == CompactionTiming::AfterStep {
             write!(f, ",at=step")?;
         }
-        if self.separators == SeparatorRule::Paper {
+        // Only SepCache has a separator block; the rule means nothing to the others.
+        if self.separators == SeparatorRule::Paper && matches!(self.policy, CachePolicy::Sep(_)) {
             write!(f, ",seps=paper")?;
         }
         Ok(())
