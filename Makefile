@@ -8,7 +8,7 @@ CARGO ?= cargo
 RELEASE_BIN := $(CARGO_TARGET_DIR)/release/sepchat
 DEBUG_BIN := $(CARGO_TARGET_DIR)/debug/sepchat
 
-.PHONY: run test system-deps fetch-model build-release bench eval-ppl fmt lint
+.PHONY: run test system-deps fetch-model build-release bench eval-ppl eval-stream fmt lint
 
 ## run: build the app and start chatting with the default model.
 run: system-deps build-release
@@ -37,6 +37,16 @@ bench: fetch-model
 
 eval-ppl: fetch-model
 	$(RELEASE_BIN) eval ppl ../shared/data/pg19-test-10146.txt --ctx 512 --max-chars 60000
+
+## eval-stream: streaming perplexity over 3000 tokens, the columns of ../shared/reference/stream-ppl.md's
+## first table (the reference's SepLLM uses the paper's separator set, hence seps=paper).
+# Results go outside the clone so they never show up as untracked files.
+STREAM_OUT ?= /tmp/stream3000
+eval-stream: fetch-model
+	$(RELEASE_BIN) eval stream ../shared/data/pg19-test-10146.txt --tokens 3000 \
+		--cache dense --cache streaming:a=4,c=512 --cache streaming:a=4,c=420 \
+		--cache sep:a=4,s=64,w=256,c=512,seps=paper --cache sep:a=4,s=64,w=256,c=512,seps=paper,pos=abs \
+		--json $(STREAM_OUT).json --plot $(STREAM_OUT).svg
 
 fmt:
 	$(CARGO) fmt --all

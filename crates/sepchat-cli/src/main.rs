@@ -6,6 +6,7 @@ mod chat_command;
 mod eval_command;
 mod model_fetch;
 mod options;
+mod stream_plot;
 
 use std::process::ExitCode;
 

@@ -17,6 +17,7 @@ pub mod model;
 pub mod perplexity;
 mod quant;
 pub mod sampling;
+pub mod stream_eval;
 pub mod worker;
 
 pub use cache_policy::{CacheConfig, CachePolicy, CacheSpecError, SepParams};
