@@ -7,17 +7,25 @@ use clap::Args;
 use sepchat_engine::bench::{bench_candle_stock, bench_sepchat, BenchPlan, BenchPoint};
 use sepchat_engine::CacheConfig;
 
-use crate::options::ModelArgs;
+use crate::options::{with_usage_exit, ModelArgs};
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Tokens already in the cache before each measurement (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "0,2048,4096")]
-    contexts: Vec<usize>,
-    /// Prompt tokens fed for the prefill measurement.
+    /// Tokens already streamed through the cache before each measurement (comma-separated);
+    /// default 0,2048,4096 unless --context is given.
+    #[arg(long, value_delimiter = ',')]
+    contexts: Option<Vec<usize>>,
+    /// One more context to measure (repeatable); added to --contexts, or alone when --contexts is not given.
+    #[arg(long, value_name = "N")]
+    context: Vec<usize>,
+    /// KV cache to measure (repeatable): dense, a profile (low, default, high), streaming:... or sep:...
+    /// Candle's stock model is measured only beside dense, the only cache it has.
+    #[arg(long, value_name = "SPEC", default_value = "dense")]
+    cache: Vec<String>,
+    /// Prompt tokens fed for the prefill measurement (0 skips it).
     #[arg(long, default_value_t = 512)]
     prefill: usize,
-    /// Tokens decoded one at a time for the decode measurement.
+    /// Tokens decoded one at a time for the decode measurement (0 skips it).
     #[arg(long, default_value_t = 128)]
     decode: usize,
     /// Skip candle's stock model.
@@ -28,41 +36,71 @@ pub struct BenchArgs {
     json: bool,
 }
 
+/// The contexts measured when neither --contexts nor --context is given.
+const DEFAULT_CONTEXTS: [usize; 3] = [0, 2048, 4096];
+
+impl BenchArgs {
+    fn contexts(&self) -> Vec<usize> {
+        let mut contexts = match &self.contexts {
+            Some(list) => list.clone(),
+            None if self.context.is_empty() => DEFAULT_CONTEXTS.to_vec(),
+            None => Vec::new(),
+        };
+        contexts.extend(&self.context);
+        contexts
+    }
+}
+
 /// Public-domain prose (Pride and Prejudice, chapter 1) cycled as bench input: real text gives
 /// real token statistics, and speed does not depend on which text it is. scripts/llama-cpp-bench.py
 /// reads the same file.
 const BENCH_TEXT: &str = include_str!("bench_text.txt");
 
 pub fn run(model_args: &ModelArgs, args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    with_usage_exit(run_bench(model_args, args))
+}
+
+fn run_bench(model_args: &ModelArgs, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     if cfg!(debug_assertions) {
         eprintln!(
             "warning: this is a debug build; run `cargo run --release -p sepchat-cli -- bench` for meaningful numbers"
         );
     }
+    // Syntax first, so a typo fails before the model loads; the sizes need the model.
+    for spec in &args.cache {
+        spec.parse::<CacheConfig>()?;
+    }
     let model = model_args.load()?;
+    let context_length = model.config().context_length;
+    let caches = args
+        .cache
+        .iter()
+        .map(|spec| CacheConfig::parse_for_model(spec, context_length))
+        .collect::<Result<Vec<_>, _>>()?;
     let plan = BenchPlan {
         source_tokens: model.tokenizer().encode(BENCH_TEXT)?,
         prefill_tokens: args.prefill,
         decode_tokens: args.decode,
-        contexts: args.contexts.clone(),
+        contexts: args.contexts(),
     };
-    let policy = CacheConfig::dense(model.config().context_length);
-    eprintln!("measuring sepchat ...");
-    let ours = bench_sepchat(&model, &plan, &policy)?;
-    let stock = if args.no_stock {
-        Vec::new()
-    } else {
+    let mut rows = Vec::new();
+    for cache in &caches {
+        eprintln!("measuring sepchat with cache {cache} ...");
+        let points = bench_sepchat(&model, &plan, cache)?;
+        rows.extend(points.into_iter().map(|point| Row { cache: cache.clone(), ours: point, stock: None }));
+    }
+    let has_dense = caches.iter().any(|cache| !cache.policy.evicts());
+    if has_dense && !args.no_stock {
         eprintln!("measuring candle's stock quantized_llama ...");
-        bench_candle_stock(model.path(), model.device(), &plan)?
-    };
+        let stock = bench_candle_stock(model.path(), model.device(), &plan)?;
+        for row in rows.iter_mut().filter(|row| !row.cache.policy.evicts()) {
+            row.stock = stock.iter().find(|s| s.context == row.ours.context).copied();
+        }
+    }
     let threads = std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    let rows: Vec<Row> = ours
-        .iter()
-        .map(|point| Row { ours: *point, stock: stock.iter().find(|s| s.context == point.context).copied() })
-        .collect();
     if args.json {
         let value = serde_json::json!({
             "model": model.path().display().to_string(),
@@ -70,39 +108,54 @@ pub fn run(model_args: &ModelArgs, args: &BenchArgs) -> anyhow::Result<ExitCode>
             "threads": threads,
             "prefill_tokens": args.prefill,
             "decode_tokens": args.decode,
-            "policy": policy.to_string(),
+            "caches": caches.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "points": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
         });
         println!("{value}");
     } else {
         println!(
-            "model {} | device {} | threads {threads} | prefill {} tok | decode {} tok | cache {}",
+            "model {} | device {} | threads {threads} | prefill {} tok | decode {} tok",
             model.path().display(),
             sepchat_engine::device::device_name(model.device()),
             args.prefill,
             args.decode,
-            policy
         );
+        let cache_width = rows.iter().map(|row| row.cache.to_string().len()).max().unwrap_or(0).max("cache".len());
         println!(
-            "{:>8} | {:>15} {:>15} | {:>15} {:>15} | {:>13} {:>13}",
+            "{:<cache_width$} | {:>8} | {:>15} {:>15} {:>10} | {:>15} {:>15} | {:>13} {:>13}",
+            "cache",
             "context",
             "prefill tok/s",
             "decode tok/s",
+            "KV MiB",
             "stock prefill",
             "stock decode",
             "prefill ratio",
             "decode ratio"
         );
         for row in &rows {
+            // Stock columns belong to dense rows only: elsewhere they would compare different caches.
+            let (stock_prefill, stock_decode, prefill_ratio, decode_ratio) = if row.cache.policy.evicts() {
+                ("-".to_string(), "-".to_string(), "-".to_string(), "-".to_string())
+            } else {
+                (
+                    number(row.stock.and_then(|s| s.prefill_tokens_per_second)),
+                    number(row.stock.and_then(|s| s.decode_tokens_per_second)),
+                    ratio(row.prefill_ratio()),
+                    ratio(row.decode_ratio()),
+                )
+            };
             println!(
-                "{:>8} | {:>15} {:>15} | {:>15} {:>15} | {:>13} {:>13}",
+                "{:<cache_width$} | {:>8} | {:>15} {:>15} {:>10} | {:>15} {:>15} | {:>13} {:>13}",
+                row.cache.to_string(),
                 row.ours.context,
                 number(row.ours.prefill_tokens_per_second),
                 number(row.ours.decode_tokens_per_second),
-                number(row.stock.and_then(|s| s.prefill_tokens_per_second)),
-                number(row.stock.and_then(|s| s.decode_tokens_per_second)),
-                ratio(row.prefill_ratio()),
-                ratio(row.decode_ratio()),
+                number(row.kv_mib_held()),
+                stock_prefill,
+                stock_decode,
+                prefill_ratio,
+                decode_ratio,
             );
         }
     }
@@ -110,7 +163,9 @@ pub fn run(model_args: &ModelArgs, args: &BenchArgs) -> anyhow::Result<ExitCode>
 }
 
 struct Row {
+    cache: CacheConfig,
     ours: BenchPoint,
+    /// Candle's stock model at the same context; only beside a dense cache.
     stock: Option<BenchPoint>,
 }
 
@@ -123,10 +178,20 @@ impl Row {
         Some(self.ours.decode_tokens_per_second? / self.stock?.decode_tokens_per_second?)
     }
 
+    fn kv_mib_held(&self) -> Option<f64> {
+        self.ours.kv_bytes_held.map(|bytes| bytes as f64 / (1024.0 * 1024.0))
+    }
+
     fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
+            "cache": self.cache.to_string(),
             "context": self.ours.context,
-            "sepchat": {"prefill_tok_s": self.ours.prefill_tokens_per_second, "decode_tok_s": self.ours.decode_tokens_per_second},
+            "sepchat": {
+                "prefill_tok_s": self.ours.prefill_tokens_per_second,
+                "decode_tok_s": self.ours.decode_tokens_per_second,
+                "kv_bytes_held": self.ours.kv_bytes_held,
+                "kv_mib_held": self.kv_mib_held(),
+            },
             "candle_stock": self.stock.map(|s| serde_json::json!({"prefill_tok_s": s.prefill_tokens_per_second, "decode_tok_s": s.decode_tokens_per_second})),
             "prefill_ratio": self.prefill_ratio(),
             "decode_ratio": self.decode_ratio(),

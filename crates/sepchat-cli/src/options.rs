@@ -1,12 +1,13 @@
 //! Flags shared by several commands: which model, where it runs, and how to sample.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use sepchat_engine::{DeviceChoice, LlamaModel, SamplingParams};
+use sepchat_engine::{CacheConfig, CacheSpecError, DeviceChoice, LlamaModel, SamplingParams};
 
 #[derive(Args)]
 pub struct ModelArgs {
@@ -89,6 +90,14 @@ pub struct GenerationArgs {
     /// The system prompt; an empty string sends none.
     #[arg(long, default_value = DEFAULT_SYSTEM_PROMPT)]
     pub system: String,
+    /// KV cache: a SepCache profile (low, default, high), `dense`, `streaming:a=4,c=1666` or
+    /// `sep:a=4,s=64,w=256,c=512` (options: pos=shift|abs, at=append|step, seps=vocab|paper).
+    #[arg(long, value_name = "SPEC", default_value = "default")]
+    pub cache: String,
+    /// Write the KV statistics as JSON lines to PATH (`-` for stderr): one `"event": "kv"` object
+    /// after the prompt and after every token, one `"event": "done"` object per reply.
+    #[arg(long, value_name = "PATH")]
+    pub stats_json: Option<PathBuf>,
 }
 
 /// The GGUF template's own default persona makes the default model's answers degenerate, while
@@ -96,6 +105,17 @@ pub struct GenerationArgs {
 pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful assistant";
 
 impl GenerationArgs {
+    /// Checks the `--cache` spec's syntax before anything slow happens (the sizes are checked
+    /// against the model by [`GenerationArgs::cache_config`] once it is loaded).
+    pub fn check_cache_syntax(&self) -> Result<(), CacheSpecError> {
+        self.cache.parse::<CacheConfig>().map(|_| ())
+    }
+
+    /// The `--cache` spec, checked against the loaded model's trained context.
+    pub fn cache_config(&self, model: &LlamaModel) -> Result<CacheConfig, CacheSpecError> {
+        CacheConfig::parse_for_model(&self.cache, model.config().context_length)
+    }
+
     pub fn sampling(&self) -> SamplingParams {
         if self.greedy {
             return SamplingParams { seed: self.seed, ..SamplingParams::greedy() };
@@ -109,6 +129,26 @@ impl GenerationArgs {
             seed: self.seed,
             ..SamplingParams::default()
         }
+    }
+}
+
+/// Exit code of a usage error: the code clap gives its own, so scripts can tell "you asked
+/// wrongly" from "it failed".
+pub const USAGE_EXIT: u8 = 2;
+
+/// Turns a cache spec the user wrote that cannot be used (a [`CacheSpecError`] at the root of the
+/// error) into one `error:` line and exit code 2; every other error passes through to `main`.
+/// Only flag values produce a bare `CacheSpecError`: the engine wraps its own in `EngineError`.
+pub fn with_usage_exit(result: anyhow::Result<ExitCode>) -> anyhow::Result<ExitCode> {
+    match result {
+        Err(error) => match error.downcast_ref::<CacheSpecError>() {
+            Some(spec_error) => {
+                eprintln!("error: {}", spec_error.to_string().replace(['\n', '\r'], " "));
+                Ok(ExitCode::from(USAGE_EXIT))
+            }
+            None => Err(error),
+        },
+        ok => ok,
     }
 }
 

@@ -285,3 +285,243 @@ fn flip_byte(path: &Path, offset: u64) {
     file.write_all(&byte).expect("write");
     file.sync_all().expect("sync");
 }
+
+/// Bytes of KV cache one token takes in the default model: 30 layers x (K + V) x 3 heads x 64 dims x f16.
+const BYTES_PER_SLOT: u64 = 23_040;
+
+/// Every field of the engine's `KvStats`, which each `"event": "kv"` line must carry by name.
+const KV_FIELDS: [&str; 21] = [
+    "tokens_seen",
+    "slots_held",
+    "capacity",
+    "initial_held",
+    "initial_limit",
+    "separators_held",
+    "separators_limit",
+    "past_held",
+    "local_held",
+    "local_limit",
+    "tokens_to_next_compaction",
+    "bytes_held",
+    "bytes_dense",
+    "kept_ratio",
+    "kept_ratio_mean",
+    "slots_mean",
+    "slots_peak",
+    "dropped_separators",
+    "dropped_other",
+    "compactions",
+    "horizon",
+];
+
+/// A user message of about 50 tokens: with the template and system turn, a prompt longer than the
+/// 64-slot caches below.
+const LONG_PROMPT: &str =
+    "Please summarise the following text in one sentence. The quick brown fox jumps over the lazy \
+                           dog, and then it runs into the forest, where it meets an owl, a rabbit and a very old \
+                           tortoise who tells it a story.";
+
+/// Parses `--stats-json` lines; panics on any line that is not one JSON object with an "event".
+fn stats_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|error| panic!("--stats-json line is not JSON ({error}): {line:?}"));
+            assert!(value["event"].is_string(), "no \"event\" in {line:?}");
+            value
+        })
+        .collect()
+}
+
+fn number(value: &serde_json::Value, field: &str) -> u64 {
+    value[field].as_u64().unwrap_or_else(|| panic!("no whole number {field:?} in {value}"))
+}
+
+/// How many tokens the default system turn renders to, counted by the binary's own tokenizer.
+fn system_turn_tokens() -> u64 {
+    let output =
+        run(sepchat().args(["tokenize", "<|im_start|>system\nYou are a helpful assistant<|im_end|>\n"]), TIMEOUT);
+    assert_success(&output, "tokenize the system turn");
+    let ids: Vec<u32> = serde_json::from_str(output.stdout.trim_end()).expect("tokenize prints a JSON array");
+    ids.len() as u64
+}
+
+/// A SepCache smaller than the prompt compacts, never holds more than c slots (so never more than
+/// c slots' bytes), keeps the system turn in its initial block, and streams one parseable JSON
+/// line per step with every statistic, tokens seen growing by one each step.
+#[test]
+fn ask_with_a_small_sep_cache_compacts_within_its_capacity_and_streams_stats() {
+    default_model();
+    let dir = tempfile::tempdir().expect("cannot create a temporary directory");
+    let stats_path = dir.path().join("stats.jsonl");
+    let output = run(
+        sepchat()
+            .args(["ask", "--greedy", "--cache", "sep:a=4,s=16,w=32,c=64", "--max-tokens", "40", "--stats-json"])
+            .arg(&stats_path)
+            .arg(LONG_PROMPT),
+        TIMEOUT,
+    );
+    assert_success(&output, "ask --cache sep:a=4,s=16,w=32,c=64");
+    assert!(!output.stdout.trim().is_empty(), "no answer: {:?}", output.stderr);
+    let lines = stats_lines(&fs::read_to_string(&stats_path).expect("the --stats-json file was not written"));
+    let kv: Vec<&serde_json::Value> = lines.iter().filter(|line| line["event"] == "kv").collect();
+    let done: Vec<&serde_json::Value> = lines.iter().filter(|line| line["event"] == "done").collect();
+    assert_eq!(done.len(), 1, "one done line expected: {lines:?}");
+    assert_eq!(lines.last(), Some(done[0]), "the done line comes last");
+    assert!(kv.len() >= 2, "expected a kv line after the prompt and after each token: {lines:?}");
+
+    let system_tokens = system_turn_tokens();
+    assert!(system_tokens > 4, "the system turn should be longer than a = 4: {system_tokens}");
+    let mut previous_seen = 0;
+    for line in &kv {
+        for field in KV_FIELDS {
+            assert!(line.get(field).is_some_and(|value| value.is_number()), "no number {field:?} in {line}");
+        }
+        let seen = number(line, "tokens_seen");
+        assert!(seen > previous_seen, "tokens_seen must grow: {previous_seen} then {seen}");
+        previous_seen = seen;
+        assert_eq!(number(line, "capacity"), 64, "{line}");
+        assert!(number(line, "slots_held") <= 64, "more slots than c: {line}");
+        assert!(number(line, "slots_peak") <= 64, "attention saw more keys than c: {line}");
+        assert!(number(line, "bytes_held") <= 64 * BYTES_PER_SLOT, "{line}");
+        assert_eq!(number(line, "bytes_held"), number(line, "slots_held") * BYTES_PER_SLOT, "{line}");
+        // The system turn is the protected initial block.
+        assert_eq!(number(line, "initial_limit"), system_tokens, "{line}");
+        assert_eq!(number(line, "initial_held"), system_tokens, "{line}");
+    }
+    let last = kv[kv.len() - 1];
+    assert!(number(last, "compactions") > 0, "a 64-slot cache should have compacted: {last}");
+    assert!(number(last, "bytes_held") < number(last, "bytes_dense"), "{last}");
+    for field in KV_FIELDS {
+        assert_eq!(done[0]["kv"][field], last[field], "the done line carries the final statistics: {}", done[0]);
+    }
+    assert_eq!(number(done[0], "generated_tokens"), 40, "{}", done[0]);
+
+    let readout = output.stderr.lines().find(|line| line.starts_with("[kv]")).expect("a [kv] readout on stderr");
+    assert!(readout.contains("KV cache") && !readout.contains("RAM"), "{readout}");
+    assert!(readout.contains(&format!("compactions {}", number(last, "compactions"))), "{readout}");
+    assert!(!readout.contains("saves 0%"), "a compacted cache saves something: {readout}");
+}
+
+/// An impossible cache spec is a usage error: one line naming the rule, exit code 2.
+#[test]
+fn ask_rejects_an_impossible_cache_spec_with_exit_code_2() {
+    default_model();
+    for (spec, expected) in [("sep:a=4,s=300,w=300,c=512", "a + s + w"), ("lru", "unknown cache policy")] {
+        let output = run(sepchat().args(["ask", "--cache", spec, "hi"]), TIMEOUT);
+        assert_clean_failure(&output, &format!("ask --cache {spec}"));
+        assert_eq!(output.status.code(), Some(2), "ask --cache {spec}: {:?}", output.stderr);
+        assert!(output.stderr.contains(expected), "ask --cache {spec}: {:?}", output.stderr);
+        assert!(output.stdout.is_empty(), "{:?}", output.stdout);
+    }
+}
+
+/// Before any compaction a SepCache holds exactly what a dense cache holds, so greedy answers are
+/// identical; `--stats-json -` puts the JSON lines on stderr and leaves stdout to the answer.
+#[test]
+fn dense_and_default_caches_give_the_same_greedy_answer() {
+    default_model();
+    let ask = |cache: Option<&str>| {
+        let mut command = sepchat();
+        command.args(["ask", "--greedy", "--stats-json", "-"]);
+        if let Some(cache) = cache {
+            command.args(["--cache", cache]);
+        }
+        let output = run(command.arg("What is the capital of France?"), TIMEOUT);
+        assert_success(&output, &format!("ask --cache {cache:?}"));
+        let json: String =
+            output.stderr.lines().filter(|line| line.starts_with('{')).map(|line| format!("{line}\n")).collect();
+        let lines = stats_lines(&json);
+        assert!(lines.iter().any(|line| line["event"] == "done"), "no done line on stderr: {:?}", output.stderr);
+        let capacity = lines.iter().find(|line| line["event"] == "kv").map(|line| number(line, "capacity"));
+        (output.stdout, capacity)
+    };
+    let (dense, dense_capacity) = ask(Some("dense"));
+    let (default, default_capacity) = ask(None);
+    assert_eq!(dense, "The capital of France is Paris.\n");
+    assert_eq!(default, dense, "the default SepCache answered differently from a dense cache");
+    assert_eq!(dense_capacity, Some(8192));
+    assert_eq!(default_capacity, Some(2048), "the default cache is the `default` SepCache profile");
+}
+
+/// Across chat turns the cache is reused, compacts, and keeps the system turn; each turn gets its
+/// own numbered JSON lines.
+#[test]
+fn chat_reuses_a_compacting_cache_and_keeps_the_system_turn() {
+    default_model();
+    let dir = tempfile::tempdir().expect("cannot create a temporary directory");
+    let stats_path = dir.path().join("chat.jsonl");
+    let mut command = sepchat();
+    command
+        .args(["chat", "--greedy", "--max-tokens", "12", "--cache", "sep:a=4,s=8,w=16,c=40", "--stats-json"])
+        .arg(&stats_path);
+    let output = run_with_stdin(&mut command, Some("Hello\nWhat is 2+2?\n/exit\n"), TIMEOUT);
+    assert_success(&output, "chat --cache sep:a=4,s=8,w=16,c=40");
+    assert_eq!(output.stderr.lines().filter(|line| line.contains("[kv]")).count(), 2, "{:?}", output.stderr);
+    let lines = stats_lines(&fs::read_to_string(&stats_path).expect("the --stats-json file was not written"));
+    let done: Vec<&serde_json::Value> = lines.iter().filter(|line| line["event"] == "done").collect();
+    assert_eq!(done.len(), 2, "{lines:?}");
+    assert_eq!(done[0]["turn"], 1);
+    assert_eq!(done[1]["turn"], 2);
+    assert!(number(done[1], "reused_tokens") > 0, "the second turn should reuse the cache: {}", done[1]);
+    let system_tokens = system_turn_tokens();
+    for line in lines.iter().filter(|line| line["event"] == "kv") {
+        assert!(number(line, "slots_held") <= 40, "{line}");
+        assert_eq!(number(line, "initial_limit"), system_tokens, "{line}");
+    }
+    assert!(number(&done[1]["kv"], "compactions") > 0, "{}", done[1]);
+}
+
+/// `bench --cache` measures every cache at every context; a dense cache too small for a context
+/// is n/a there instead of failing the bench, the SepCache streams through it, and the stock
+/// comparison still runs beside the full dense cache.
+#[test]
+fn bench_measures_several_caches_and_reports_na_past_a_dense_capacity() {
+    default_model();
+    let output = run(
+        sepchat().args([
+            "bench",
+            "--cache",
+            "dense",
+            "--cache",
+            "dense:c=64",
+            "--cache",
+            "sep:a=4,s=16,w=32,c=64",
+            "--contexts",
+            "0",
+            "--context",
+            "100",
+            "--prefill",
+            "8",
+            "--decode",
+            "2",
+            "--json",
+        ]),
+        TIMEOUT,
+    );
+    assert_success(&output, "bench --cache ...");
+    let report: serde_json::Value = serde_json::from_str(output.stdout.trim_end())
+        .unwrap_or_else(|error| panic!("bench --json did not print JSON ({error}): {:?}", output.stdout));
+    let points = report["points"].as_array().expect("points");
+    let point = |cache: &str, context: u64| {
+        points
+            .iter()
+            .find(|point| point["cache"] == cache && point["context"] == context)
+            .unwrap_or_else(|| panic!("no point for {cache} at {context}: {report}"))
+    };
+    assert_eq!(points.len(), 6, "{report}");
+    for context in [0, 100] {
+        let dense = point("dense:c=8192", context);
+        assert!(dense["sepchat"]["decode_tok_s"].is_number(), "{dense}");
+        assert!(dense["candle_stock"]["decode_tok_s"].is_number(), "{dense}");
+        assert!(dense["decode_ratio"].is_number(), "{dense}");
+        let sep = point("sep:a=4,s=16,w=32,c=64", context);
+        assert!(sep["sepchat"]["decode_tok_s"].is_number(), "{sep}");
+        assert!(sep["candle_stock"].is_null(), "the stock model is dense only: {sep}");
+        let held = sep["sepchat"]["kv_bytes_held"].as_u64().expect("kv_bytes_held");
+        assert!(held > 0 && held <= 64 * BYTES_PER_SLOT, "{sep}");
+    }
+    let small = point("dense:c=64", 100);
+    assert!(small["sepchat"]["decode_tok_s"].is_null() && small["sepchat"]["prefill_tok_s"].is_null(), "{small}");
+    assert!(point("dense:c=64", 0)["sepchat"]["decode_tok_s"].is_number());
+}

@@ -27,12 +27,16 @@ pub struct BenchPlan {
 }
 
 /// One measured point; `None` where an engine cannot run that point (the stock model's position
-/// table ends at 4096).
+/// table ends at 4096; a dense cache ends at the model's trained context) or the plan asks for
+/// no such measurement (0 tokens).
 #[derive(Debug, Clone, Copy)]
 pub struct BenchPoint {
     pub context: usize,
     pub prefill_tokens_per_second: Option<f64>,
     pub decode_tokens_per_second: Option<f64>,
+    /// Bytes of KV cache our engine held after the measurement (after decode, else after
+    /// prefill); `None` for the stock model, whose cache we do not see.
+    pub kv_bytes_held: Option<usize>,
 }
 
 impl BenchPlan {
@@ -41,7 +45,9 @@ impl BenchPlan {
     }
 }
 
-/// Measures our engine with a cache built by `new_cache` at every context of the plan.
+/// Measures our engine with a cache built from `cache_config` at every context of the plan: the
+/// context's tokens stream through the cache first (an evicting cache compacts on the way, as
+/// in a long chat), then the prompt is prefilled or tokens are decoded one at a time.
 pub fn bench_sepchat(model: &LlamaModel, plan: &BenchPlan, cache_config: &CacheConfig) -> Result<Vec<BenchPoint>> {
     if plan.source_tokens.is_empty() {
         return Err(EngineError::EmptyPrompt);
@@ -50,27 +56,40 @@ pub fn bench_sepchat(model: &LlamaModel, plan: &BenchPlan, cache_config: &CacheC
     let mut warm = model.new_cache(cache_config.clone());
     model.prefill(&plan.tokens(0, 16), &mut warm, DEFAULT_PREFILL_CHUNK)?;
 
+    let policy = &cache_config.policy;
     let mut points = Vec::new();
     for &context in &plan.contexts {
-        let mut cache = model.new_cache(cache_config.clone());
-        fill(model, &mut cache, &plan.tokens(0, context))?;
-        let prompt = plan.tokens(context, plan.prefill_tokens);
-        let started = Instant::now();
-        model.prefill(&prompt, &mut cache, DEFAULT_PREFILL_CHUNK)?;
-        let prefill = plan.prefill_tokens as f64 / started.elapsed().as_secs_f64();
-
-        let mut cache = model.new_cache(cache_config.clone());
-        fill(model, &mut cache, &plan.tokens(0, context))?;
-        let steps = plan.tokens(context, plan.decode_tokens);
-        let started = Instant::now();
-        for token in steps {
-            model.prefill(&[token], &mut cache, 1)?;
+        // A dense cache refuses tokens past its capacity: that point is n/a, not a failed bench.
+        // A measurement of 0 tokens is skipped, so a long fill can serve decode alone.
+        let fits = |extra: usize| extra > 0 && (policy.evicts() || context + extra <= policy.capacity());
+        let mut prefill = None;
+        let mut kv_bytes_held = None;
+        if fits(plan.prefill_tokens) {
+            let mut cache = model.new_cache(cache_config.clone());
+            fill(model, &mut cache, &plan.tokens(0, context))?;
+            let prompt = plan.tokens(context, plan.prefill_tokens);
+            let started = Instant::now();
+            model.prefill(&prompt, &mut cache, DEFAULT_PREFILL_CHUNK)?;
+            prefill = Some(plan.prefill_tokens as f64 / started.elapsed().as_secs_f64());
+            kv_bytes_held = Some(cache.stats().bytes_held);
         }
-        let decode = plan.decode_tokens as f64 / started.elapsed().as_secs_f64();
+        let mut decode = None;
+        if fits(plan.decode_tokens) {
+            let mut cache = model.new_cache(cache_config.clone());
+            fill(model, &mut cache, &plan.tokens(0, context))?;
+            let steps = plan.tokens(context, plan.decode_tokens);
+            let started = Instant::now();
+            for token in steps {
+                model.prefill(&[token], &mut cache, 1)?;
+            }
+            decode = Some(plan.decode_tokens as f64 / started.elapsed().as_secs_f64());
+            kv_bytes_held = Some(cache.stats().bytes_held);
+        }
         points.push(BenchPoint {
             context,
-            prefill_tokens_per_second: Some(prefill),
-            decode_tokens_per_second: Some(decode),
+            prefill_tokens_per_second: prefill,
+            decode_tokens_per_second: decode,
+            kv_bytes_held,
         });
     }
     Ok(points)
@@ -107,7 +126,7 @@ pub fn bench_candle_stock(path: &Path, device: &Device, plan: &BenchPlan) -> Res
         // Its RoPE table has MAX_SEQ_LEN rows: beyond that it cannot run at all.
         let fits = |extra: usize| context + extra <= quantized_llama::MAX_SEQ_LEN;
         let mut prefill = None;
-        if fits(plan.prefill_tokens) {
+        if plan.prefill_tokens > 0 && fits(plan.prefill_tokens) {
             stock.clear_kv_cache();
             feed(&mut stock, &plan.tokens(0, context), 0)?;
             let started = Instant::now();
@@ -115,7 +134,7 @@ pub fn bench_candle_stock(path: &Path, device: &Device, plan: &BenchPlan) -> Res
             prefill = Some(plan.prefill_tokens as f64 / started.elapsed().as_secs_f64());
         }
         let mut decode = None;
-        if fits(plan.decode_tokens) {
+        if plan.decode_tokens > 0 && fits(plan.decode_tokens) {
             stock.clear_kv_cache();
             feed(&mut stock, &plan.tokens(0, context), 0)?;
             let started = Instant::now();
@@ -125,7 +144,12 @@ pub fn bench_candle_stock(path: &Path, device: &Device, plan: &BenchPlan) -> Res
             }
             decode = Some(plan.decode_tokens as f64 / started.elapsed().as_secs_f64());
         }
-        points.push(BenchPoint { context, prefill_tokens_per_second: prefill, decode_tokens_per_second: decode });
+        points.push(BenchPoint {
+            context,
+            prefill_tokens_per_second: prefill,
+            decode_tokens_per_second: decode,
+            kv_bytes_held: None,
+        });
     }
     Ok(points)
 }
