@@ -48,10 +48,16 @@ fn draw(path: &Path, runs: &[StreamRun], window: usize, title: &str) -> anyhow::
     let mut chart = ChartBuilder::on(&upper)
         .caption(format!("perplexity per {window}-token window"), ("sans-serif", 16))
         .margin(12)
+        .margin_right(40)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..max_tokens, ppl_low..ppl_high)?;
-    chart.configure_mesh().x_desc("tokens seen").y_desc("perplexity").draw()?;
+        .build_cartesian_2d(0f64..max_tokens, ppl_low..with_legend_room(ppl_low, ppl_high))?;
+    chart
+        .configure_mesh()
+        .x_desc("tokens seen")
+        .y_desc("perplexity")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .draw()?;
     for (index, (run, points)) in runs.iter().zip(&windows).enumerate() {
         let color = COLORS[index % COLORS.len()];
         chart
@@ -70,10 +76,17 @@ fn draw(path: &Path, runs: &[StreamRun], window: usize, title: &str) -> anyhow::
     let mut chart = ChartBuilder::on(&lower)
         .caption("KV slots attention saw at each step", ("sans-serif", 16))
         .margin(12)
+        .margin_right(40)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..max_tokens, 0f64..peak * 1.05)?;
-    chart.configure_mesh().x_desc("tokens seen").y_desc("slots").draw()?;
+        .build_cartesian_2d(0f64..max_tokens, 0f64..with_legend_room(0.0, peak))?;
+    chart
+        .configure_mesh()
+        .x_desc("tokens seen")
+        .y_desc("slots")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()?;
     for (index, run) in runs.iter().enumerate() {
         let color = COLORS[index % COLORS.len()];
         let stride = run.slots.len().div_ceil(MAX_POINTS).max(1);
@@ -86,7 +99,7 @@ fn draw(path: &Path, runs: &[StreamRun], window: usize, title: &str) -> anyhow::
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()?;
@@ -99,6 +112,12 @@ fn draw(path: &Path, runs: &[StreamRun], window: usize, title: &str) -> anyhow::
 /// nothing.
 fn legend_label(policy: &str) -> String {
     format!("{policy}{}", " ".repeat(policy.len() / 8 + 2))
+}
+
+/// The top of a y range that leaves the upper part of the panel empty for the legend, so it
+/// never hides the lines (whatever their shape, the data stays below this).
+fn with_legend_room(low: f64, high: f64) -> f64 {
+    high + (high - low) * 0.45
 }
 
 /// A y range with some room around the values (a fixed one when there are none).
