@@ -11,7 +11,7 @@ use sepchat_engine::perplexity::perplexity;
 use sepchat_engine::stream_eval::{checkpoint_schedule, stream_perplexity, stream_tokens, StreamRun};
 use sepchat_engine::CacheConfig;
 
-use crate::options::ModelArgs;
+use crate::options::{with_usage_exit, ModelArgs};
 use crate::stream_plot;
 
 /// Mebibytes, for the KV bytes column.
@@ -65,8 +65,9 @@ pub enum EvalCommand {
 
 pub fn run(model_args: &ModelArgs, command: EvalCommand) -> anyhow::Result<ExitCode> {
     match command {
+        // A bad --cache spec is a usage error (exit 2), as in ask, chat and bench.
         EvalCommand::Stream { file, tokens, caches, every, json, plot } => {
-            stream(model_args, &StreamArgs { file, tokens, caches, every, json, plot })
+            with_usage_exit(stream(model_args, &StreamArgs { file, tokens, caches, every, json, plot }))
         }
         EvalCommand::Ppl { file, ctx, max_chars, json } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;

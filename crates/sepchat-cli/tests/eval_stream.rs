@@ -86,5 +86,7 @@ fn eval_stream_refuses_an_unknown_cache_policy_in_one_line() {
     let data = support::shared_dir().join("data").join("pg19-test-10146.txt");
     let output = run(sepchat().args(["eval", "stream"]).arg(&data).args(["--tokens", "10", "--cache", "lru"]), TIMEOUT);
     assert_clean_failure(&output, "eval stream --cache lru");
+    // Like ask, chat and bench: a bad cache spec is a usage error.
+    assert_eq!(output.status.code(), Some(2), "{:?}", output.stderr);
     assert!(output.stderr.contains("unknown cache policy `lru`"), "{:?}", output.stderr);
 }
