@@ -205,6 +205,8 @@ impl Conversation {
                     out.write_all(text.as_bytes())?;
                     out.flush()?;
                 }
+                // Prompts typed at a terminal prefill in well under a second: no progress line.
+                Event::Prefill { .. } => {}
                 Event::Stats(stats) => {
                     if let Some(sink) = &mut self.stats {
                         sink.write(&KvLine { event: "kv", turn, stats: &stats })?;

@@ -23,6 +23,14 @@ pub enum EngineError {
     InitialBlockTooLarge { tokens: usize, policy: String },
     #[error(transparent)]
     CacheSpec(#[from] crate::cache_policy::CacheSpecError),
+    #[error("the KV snapshot does not fit this conversation: {0}")]
+    SnapshotMismatch(String),
+    #[error("the KV snapshot is damaged: {0}")]
+    SnapshotCorrupt(String),
+    #[error("KV snapshot file: {0}")]
+    SnapshotIo(#[from] std::io::Error),
+    #[error("the engine holds no cache for session {0}")]
+    NoSuchSession(u64),
     #[error("token id {id} is outside the model's vocabulary of {vocab_size}")]
     TokenOutOfRange { id: u32, vocab_size: usize },
     #[error("device {requested} is not available: {reason}")]

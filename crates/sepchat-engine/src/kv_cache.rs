@@ -10,6 +10,7 @@
 //! Buffers are preallocated per layer and written in place; they grow geometrically up to the
 //! policy's capacity, so a decode step never concatenates (and copies) the whole cache.
 
+use std::io::{Read, Write};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
@@ -152,7 +153,7 @@ pub struct KvCache {
 }
 
 /// Running totals behind the averaged statistics.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 struct Counters {
     slots_sum: f64,
     kept_ratio_sum: f64,
@@ -160,6 +161,46 @@ struct Counters {
     dropped_separators: usize,
     dropped_other: usize,
     compactions: usize,
+}
+
+/// A KV snapshot file starts with these 8 bytes, then the JSON header's length (u64 little-endian),
+/// the header ([`SnapshotHeader`]), then for every layer the held slots' keys and then values as
+/// little-endian f16, `[n_kv_head, slots, head_dim]`.
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"SEPKV\0\0\x01";
+/// Bumped whenever the layout above or the header's meaning changes.
+const SNAPSHOT_FORMAT: u32 = 1;
+/// A header lists every token of the conversation; 64 MiB is millions of tokens.
+const MAX_SNAPSHOT_HEADER: u64 = 64 << 20;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotHeader {
+    format: u32,
+    engine_version: String,
+    model_fingerprint: String,
+    cache: String,
+    n_layer: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+    slot_tokens: Vec<u32>,
+    slot_stream_positions: Vec<usize>,
+    initial_limit: usize,
+    separators_held: usize,
+    tokens_seen: usize,
+    counters: Counters,
+    stream_tokens: Vec<u32>,
+}
+
+/// What a snapshot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub slots: usize,
+    pub tokens_seen: usize,
+    /// Bytes of keys and values written.
+    pub bytes: usize,
+}
+
+fn snapshot_error(message: String) -> EngineError {
+    EngineError::SnapshotCorrupt(message)
 }
 
 /// Slots allocated the first time a cache is written; small so an idle conversation costs little.
@@ -382,6 +423,127 @@ impl KvCache {
             compactions: self.counters.compactions,
             horizon: oldest_after_initial.map_or(0, |&position| self.tokens_seen - position),
         }
+    }
+
+    /// Writes the cache (held slots of every layer, slot bookkeeping and statistics) to `writer`,
+    /// so a conversation can be restored later without replaying it. `stream_tokens` are the
+    /// tokens fed so far (what a new prompt must extend); `model_fingerprint` identifies the
+    /// weights the keys were computed with. Format: see [`SNAPSHOT_MAGIC`].
+    pub fn write_snapshot(
+        &self,
+        writer: &mut impl Write,
+        stream_tokens: &[u32],
+        model_fingerprint: &str,
+    ) -> Result<SnapshotInfo> {
+        let header = SnapshotHeader {
+            format: SNAPSHOT_FORMAT,
+            engine_version: env!("CARGO_PKG_VERSION").to_string(),
+            model_fingerprint: model_fingerprint.to_string(),
+            cache: self.config.to_string(),
+            n_layer: self.shape.n_layer,
+            n_kv_head: self.shape.n_kv_head,
+            head_dim: self.shape.head_dim,
+            slot_tokens: self.slot_tokens.clone(),
+            slot_stream_positions: self.slot_stream_positions.clone(),
+            initial_limit: self.initial_limit,
+            separators_held: self.blocks.separators,
+            tokens_seen: self.tokens_seen,
+            counters: self.counters,
+            stream_tokens: stream_tokens.to_vec(),
+        };
+        let header_bytes = serde_json::to_vec(&header).map_err(|error| snapshot_error(error.to_string()))?;
+        writer.write_all(SNAPSHOT_MAGIC)?;
+        writer.write_all(&(header_bytes.len() as u64).to_le_bytes())?;
+        writer.write_all(&header_bytes)?;
+        let held = self.len();
+        let mut bytes = Vec::new();
+        for layer in &self.layers {
+            for tensor in [&layer.keys, &layer.values] {
+                let values = tensor.narrow(1, 0, held)?.contiguous()?.flatten_all()?.to_vec1::<half::f16>()?;
+                bytes.clear();
+                bytes.extend(values.iter().flat_map(|value| value.to_le_bytes()));
+                writer.write_all(&bytes)?;
+            }
+        }
+        writer.flush()?;
+        Ok(SnapshotInfo { slots: held, tokens_seen: self.tokens_seen, bytes: held * self.shape.bytes_per_slot() })
+    }
+
+    /// Rebuilds a cache written by [`KvCache::write_snapshot`] into this (empty) cache, and returns the stream
+    /// tokens it had been fed. Refuses, with [`EngineError::SnapshotMismatch`], a snapshot of another engine
+    /// version, model, cache setting or shape: its keys would be wrong for this conversation.
+    pub fn read_snapshot(&mut self, reader: &mut impl Read, model_fingerprint: &str) -> Result<Vec<u32>> {
+        let mut magic = [0u8; 8];
+        reader.read_exact(&mut magic)?;
+        if &magic != SNAPSHOT_MAGIC {
+            return Err(snapshot_error("not a sepchat KV snapshot".to_string()));
+        }
+        let mut length = [0u8; 8];
+        reader.read_exact(&mut length)?;
+        let length = u64::from_le_bytes(length);
+        if length > MAX_SNAPSHOT_HEADER {
+            return Err(snapshot_error(format!("header of {length} bytes is implausibly large")));
+        }
+        let mut header_bytes = vec![0u8; length as usize];
+        reader.read_exact(&mut header_bytes)?;
+        let header: SnapshotHeader =
+            serde_json::from_slice(&header_bytes).map_err(|error| snapshot_error(error.to_string()))?;
+        let mismatch = |what: &str, theirs: String, ours: String| {
+            Err(EngineError::SnapshotMismatch(format!("{what} is {theirs}, expected {ours}")))
+        };
+        if header.format != SNAPSHOT_FORMAT {
+            return mismatch("format", header.format.to_string(), SNAPSHOT_FORMAT.to_string());
+        }
+        if header.engine_version != env!("CARGO_PKG_VERSION") {
+            return mismatch("engine version", header.engine_version, env!("CARGO_PKG_VERSION").to_string());
+        }
+        if header.model_fingerprint != model_fingerprint {
+            return mismatch("model", header.model_fingerprint, model_fingerprint.to_string());
+        }
+        if header.cache != self.config.to_string() {
+            return mismatch("cache setting", header.cache, self.config.to_string());
+        }
+        let KvShape { n_layer, n_kv_head, head_dim } = self.shape;
+        if (header.n_layer, header.n_kv_head, header.head_dim) != (n_layer, n_kv_head, head_dim) {
+            return mismatch(
+                "shape",
+                format!("{}x{}x{}", header.n_layer, header.n_kv_head, header.head_dim),
+                format!("{n_layer}x{n_kv_head}x{head_dim}"),
+            );
+        }
+        let held = header.slot_tokens.len();
+        let limit = self.config.policy.capacity() + 1;
+        let consistent = header.slot_stream_positions.len() == held
+            && held <= limit
+            && header.tokens_seen >= held
+            && header.stream_tokens.len() == header.tokens_seen
+            && header.slot_stream_positions.windows(2).all(|pair| pair[0] < pair[1])
+            && header.slot_stream_positions.last().is_none_or(|&last| last < header.tokens_seen)
+            && header.separators_held <= held;
+        if !consistent {
+            return Err(snapshot_error("slot bookkeeping is inconsistent".to_string()));
+        }
+        self.clear();
+        self.grow_to(held.max(INITIAL_ALLOCATION).min(limit))?;
+        let mut bytes = vec![0u8; n_kv_head * held * head_dim * 2];
+        for layer in &self.layers {
+            for tensor in [&layer.keys, &layer.values] {
+                reader.read_exact(&mut bytes)?;
+                let values: Vec<half::f16> =
+                    bytes.chunks_exact(2).map(|pair| half::f16::from_le_bytes([pair[0], pair[1]])).collect();
+                if held > 0 {
+                    let block = Tensor::from_vec(values, (n_kv_head, held, head_dim), &self.device)?;
+                    tensor.slice_set(&block, 1, 0)?;
+                }
+            }
+        }
+        self.slot_tokens = header.slot_tokens;
+        self.slot_stream_positions = header.slot_stream_positions;
+        self.initial_limit = header.initial_limit;
+        self.blocks = Blocks { initial: self.initial_limit.min(held), separators: header.separators_held };
+        self.tokens_seen = header.tokens_seen;
+        self.counters = header.counters;
+        Ok(header.stream_tokens)
     }
 
     /// Applies the policy's decision before `incoming` tokens are appended (0: after a step).

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use sepchat_text::StreamingDetokenizer;
 
 use crate::cache_policy::CacheConfig;
 use crate::error::{EngineError, Result};
-use crate::kv_cache::{KvCache, KvStats};
+use crate::kv_cache::{KvCache, KvStats, SnapshotInfo};
 use crate::model::{LlamaModel, DEFAULT_PREFILL_CHUNK};
 use crate::sampling::{Sampler, SamplingParams};
 
@@ -79,6 +80,12 @@ pub enum Event {
         text: String,
     },
     Stats(KvStats),
+    /// Prompt tokens fed so far of those this request must feed (sent after each prefill chunk,
+    /// so replaying a long conversation can show progress).
+    Prefill {
+        done: usize,
+        total: usize,
+    },
     Done(GenerationSummary),
     Error {
         message: String,
@@ -145,6 +152,16 @@ fn per_second(count: usize, elapsed: Duration) -> f64 {
 enum Command {
     Generate(Box<GenerateRequest>),
     ForgetSession(SessionId),
+    Snapshot { session: SessionId, path: PathBuf, model_fingerprint: String, reply: Sender<Result<SnapshotInfo>> },
+    Restore(Box<RestoreRequest>),
+}
+
+struct RestoreRequest {
+    session: SessionId,
+    path: PathBuf,
+    model_fingerprint: String,
+    cache: CacheConfig,
+    reply: Sender<Result<SnapshotInfo>>,
 }
 
 /// Handle to the worker thread. Dropping it stops the worker after the current request.
@@ -175,6 +192,42 @@ impl Engine {
     /// Queues a generation; its events arrive on the request's own sender.
     pub fn submit(&self, request: GenerateRequest) -> Result<()> {
         self.send(Command::Generate(Box::new(request)))
+    }
+
+    /// Writes `session`'s cache to `path` (atomically: a temporary file renamed into place), so the
+    /// conversation can later be restored without replaying it. `model_fingerprint` (e.g. the model
+    /// file's sha256) is stored and checked on restore. Waits for the worker to finish any queued
+    /// request first, so the snapshot is taken at a turn boundary.
+    pub fn snapshot_session(&self, session: SessionId, path: &Path, model_fingerprint: &str) -> Result<SnapshotInfo> {
+        let (reply, answer) = mpsc::channel();
+        self.send(Command::Snapshot {
+            session,
+            path: path.to_path_buf(),
+            model_fingerprint: model_fingerprint.to_string(),
+            reply,
+        })?;
+        answer.recv().map_err(|_| EngineError::WorkerGone)?
+    }
+
+    /// Replaces `session`'s cache with the snapshot at `path`. Refused (the session is then left
+    /// empty, and the caller replays the conversation) when the snapshot was written by another
+    /// engine version, for another model, or with other cache settings than `cache`.
+    pub fn restore_session(
+        &self,
+        session: SessionId,
+        path: &Path,
+        model_fingerprint: &str,
+        cache: CacheConfig,
+    ) -> Result<SnapshotInfo> {
+        let (reply, answer) = mpsc::channel();
+        self.send(Command::Restore(Box::new(RestoreRequest {
+            session,
+            path: path.to_path_buf(),
+            model_fingerprint: model_fingerprint.to_string(),
+            cache,
+            reply,
+        })))?;
+        answer.recv().map_err(|_| EngineError::WorkerGone)?
     }
 
     /// Drops a session's cache (the conversation was closed or deleted).
@@ -220,6 +273,13 @@ impl Worker {
                 Command::ForgetSession(session) => {
                     self.sessions.remove(&session);
                 }
+                Command::Snapshot { session, path, model_fingerprint, reply } => {
+                    let _ = reply.send(self.snapshot(session, &path, &model_fingerprint));
+                }
+                Command::Restore(request) => {
+                    let RestoreRequest { session, path, model_fingerprint, cache, reply } = *request;
+                    let _ = reply.send(self.restore(session, &path, &model_fingerprint, cache));
+                }
             }
         }
     }
@@ -246,6 +306,42 @@ impl Worker {
         };
         // A caller that went away no longer needs the result.
         let _ = events.send(event);
+    }
+
+    fn snapshot(&mut self, id: SessionId, path: &Path, model_fingerprint: &str) -> Result<SnapshotInfo> {
+        let session = self.sessions.get(&id).ok_or(EngineError::NoSuchSession(id))?;
+        let directory = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(directory)?;
+        let file = tempfile::NamedTempFile::new_in(directory)?;
+        let mut writer = std::io::BufWriter::new(file);
+        let info = session.cache.write_snapshot(&mut writer, &session.fed, model_fingerprint)?;
+        let file = writer.into_inner().map_err(|error| EngineError::SnapshotIo(error.into_error()))?;
+        file.as_file().sync_all()?;
+        file.persist(path).map_err(|error| EngineError::SnapshotIo(error.error))?;
+        Ok(info)
+    }
+
+    fn restore(
+        &mut self,
+        id: SessionId,
+        path: &Path,
+        model_fingerprint: &str,
+        cache: CacheConfig,
+    ) -> Result<SnapshotInfo> {
+        cache.validate(self.model.config().context_length)?;
+        self.sessions.remove(&id);
+        let mut reader = std::io::BufReader::new(std::fs::File::open(path)?);
+        let mut restored = self.model.new_cache(cache.clone());
+        let fed = restored.read_snapshot(&mut reader, model_fingerprint)?;
+        let info = SnapshotInfo {
+            slots: restored.len(),
+            tokens_seen: restored.tokens_seen(),
+            bytes: restored.stats().bytes_held,
+        };
+        let session = self.session(id, Some(&cache));
+        session.cache = restored;
+        session.fed = fed;
+        Ok(info)
     }
 
     fn session(&mut self, id: SessionId, config: Option<&CacheConfig>) -> &mut Session {
@@ -306,12 +402,15 @@ impl Worker {
         let fed = &mut session.fed;
         let started = Instant::now();
         let mut logits = None;
+        let to_feed = request.prompt_tokens.len() - reused;
         for chunk in request.prompt_tokens[reused..].chunks(DEFAULT_PREFILL_CHUNK) {
             if request.cancel.load(Ordering::Relaxed) {
                 break;
             }
             logits = Some(model.prefill(chunk, cache, DEFAULT_PREFILL_CHUNK)?);
             fed.extend_from_slice(chunk);
+            let done = fed.len().saturating_sub(reused).min(to_feed);
+            let _ = request.events.send(Event::Prefill { done, total: to_feed });
         }
         let prefill_time = started.elapsed();
         let _ = request.events.send(Event::Stats(cache.stats()));
@@ -406,7 +505,7 @@ mod tests {
                 Event::Token { text } => streamed.push_str(&text),
                 Event::Error { message, partial_text } => break (message, partial_text),
                 Event::Done(_) => panic!("the injected panic did not fire"),
-                Event::Stats(_) => {}
+                Event::Stats(_) | Event::Prefill { .. } => {}
             }
         };
         assert!(message.contains("panicked") && message.contains("injected panic"), "{message}");

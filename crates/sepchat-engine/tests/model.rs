@@ -145,7 +145,7 @@ fn worker_honours_the_cancel_flag_and_reports_errors_with_partial_text() {
             }
             Event::Done(summary) => break summary,
             Event::Error { message, .. } => panic!("{message}"),
-            Event::Stats(_) => {}
+            Event::Stats(_) | Event::Prefill { .. } => {}
         }
     };
     assert_eq!(summary.stop_reason, StopReason::Cancelled);
@@ -263,4 +263,68 @@ fn worker_extends_a_compacted_session_without_rebuilding_it() {
     let Some(Event::Done(third)) = events.last() else { panic!("no Done event: {events:?}") };
     assert_eq!(third.reused_tokens, 0);
     assert_eq!(third.kv.compactions, 0);
+}
+
+/// Sends one request and returns its summary.
+fn generate(
+    engine: &Engine,
+    session: u64,
+    prompt: Vec<u32>,
+    cache: &CacheConfig,
+    max_tokens: usize,
+) -> sepchat_engine::GenerationSummary {
+    let (sender, receiver) = mpsc::channel();
+    let mut request = GenerateRequest::new(session, prompt, SamplingParams::greedy(), max_tokens, sender);
+    request.cache = Some(cache.clone());
+    engine.submit(request).expect("submit");
+    let (_, events) = collect(receiver);
+    match events.last() {
+        Some(Event::Done(summary)) => summary.clone(),
+        other => panic!("no Done event: {other:?}"),
+    }
+}
+
+#[test]
+fn a_restored_snapshot_continues_exactly_like_the_live_cache() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let snapshot = directory.path().join("session.kv");
+    let config = CacheConfig::parse_for_model("sep:a=4,s=8,w=16,c=48", 8192).expect("valid spec");
+    let live = Engine::start(model()).expect("worker");
+    let tokenizer = live.model().tokenizer();
+    let first_prompt = tokenizer.encode(TEXT).expect("encode");
+    let first = generate(&live, 5, first_prompt.clone(), &config, 6);
+    assert!(first.kv.compactions > 0);
+    let info = live.snapshot_session(5, &snapshot, "model-a").expect("snapshot");
+    assert_eq!(info.slots, first.kv.slots_held);
+    assert_eq!(info.bytes, first.kv.bytes_held);
+
+    let mut second_prompt = first_prompt.clone();
+    second_prompt.extend(tokenizer.encode(&first.text).expect("encode"));
+    second_prompt.extend(tokenizer.encode(" The end.").expect("encode"));
+    let continued_live = generate(&live, 5, second_prompt.clone(), &config, 8);
+
+    let restored_engine = Engine::start(model()).expect("worker");
+    let restored = restored_engine.restore_session(9, &snapshot, "model-a", config.clone()).expect("restore");
+    assert_eq!(restored, info);
+    let continued_restored = generate(&restored_engine, 9, second_prompt, &config, 8);
+    assert_eq!(continued_restored.reused_tokens, continued_live.reused_tokens);
+    assert_eq!(continued_restored.text, continued_live.text);
+    assert_eq!(continued_restored.kv, continued_live.kv);
+
+    // Another model, other cache settings, or a damaged file: refused with a typed error.
+    let error = restored_engine.restore_session(9, &snapshot, "model-b", config.clone()).expect_err("other model");
+    assert!(matches!(error, EngineError::SnapshotMismatch(ref message) if message.contains("model")), "{error}");
+    let other_cache = CacheConfig::parse_for_model("low", 8192).expect("valid spec");
+    let error = restored_engine.restore_session(9, &snapshot, "model-a", other_cache).expect_err("other cache");
+    assert!(matches!(error, EngineError::SnapshotMismatch(ref message) if message.contains("cache")), "{error}");
+    let bytes = std::fs::read(&snapshot).expect("read");
+    let damaged = directory.path().join("damaged.kv");
+    for cut in [3, 20, bytes.len() / 2, bytes.len() - 1] {
+        std::fs::write(&damaged, &bytes[..cut]).expect("write");
+        let error = restored_engine.restore_session(9, &damaged, "model-a", config.clone()).expect_err("truncated");
+        assert!(matches!(error, EngineError::SnapshotCorrupt(_) | EngineError::SnapshotIo(_)), "cut {cut}: {error}");
+    }
+    // After a refused restore the session starts afresh and still answers.
+    let fresh = generate(&restored_engine, 9, tokenizer.encode("Hello").expect("encode"), &config, 2);
+    assert_eq!(fresh.reused_tokens, 0);
 }
