@@ -21,6 +21,19 @@ fn export_parse_export_is_byte_identical() {
 }
 
 #[test]
+fn floats_come_back_exactly() {
+    // serde_json's default float parser is off by one ulp for some values; the crate enables `float_roundtrip`.
+    let mut full = rich_conversation();
+    for value in [9.254739350968033e272, 2.8702636089442763e-61, 0.1 + 0.2, f64::MIN_POSITIVE, f64::MAX, 5e-324] {
+        full.messages[3].stats.as_mut().expect("stats").decode_tokens_per_s = Some(value);
+        let text = render_json(std::slice::from_ref(&full), 0).expect("renders");
+        let parsed = parse_json_export(&text).expect("parses");
+        let back = parsed[0].messages[3].stats.as_ref().and_then(|stats| stats.decode_tokens_per_s);
+        assert_eq!(back.map(f64::to_bits), Some(value.to_bits()), "{value:e}");
+    }
+}
+
+#[test]
 fn the_document_has_the_documented_shape() {
     let text = render_json(&[rich_conversation()], EXPORTED_AT).expect("renders");
     assert!(text.ends_with("}\n"));
