@@ -70,7 +70,7 @@ pub fn run(model_args: &ModelArgs, command: EvalCommand) -> anyhow::Result<ExitC
             with_usage_exit(stream(model_args, &StreamArgs { file, tokens, caches, every, json, plot }))
         }
         EvalCommand::Ppl { file, ctx, max_chars, json } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let text = read_text_file(&file)?;
             let text: String = match max_chars {
                 Some(limit) => text.chars().take(limit).collect(),
                 None => text,
@@ -128,7 +128,7 @@ fn stream(model_args: &ModelArgs, args: &StreamArgs) -> anyhow::Result<ExitCode>
     for spec in &args.caches {
         spec.parse::<CacheConfig>()?;
     }
-    let text = std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
+    let text = read_text_file(&args.file)?;
     let model = model_args.load()?;
     let context = model.config().context_length;
     let configs =
@@ -251,4 +251,19 @@ fn results_json(runs: &[StreamRun], args: &StreamArgs, model: &Path) -> serde_js
         "every": args.every,
         "runs": runs,
     })
+}
+
+/// Reads a text file for evaluation: UTF-8, or else Windows-1252 (what many Project Gutenberg
+/// files, like two of ../shared/data's novels, are written in; it decodes every byte), with
+/// CRLF line ends turned into LF so the same book tokenizes the same whichever way it was saved.
+fn read_text_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(error) => {
+            eprintln!("note: {} is not UTF-8; reading it as Windows-1252", path.display());
+            encoding_rs::WINDOWS_1252.decode(error.as_bytes()).0.into_owned()
+        }
+    };
+    Ok(text.replace("\r\n", "\n"))
 }
