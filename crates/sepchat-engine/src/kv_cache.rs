@@ -148,6 +148,16 @@ pub struct KvCache {
     /// a, raised to cover a chat's system turn.
     initial_limit: usize,
     blocks: Blocks,
+    /// With cache-slot positions, the key of slot i is rotated at position `i + rope_offset`.
+    /// RoPE scores depend only on the difference of positions, so this equals giving slot i the
+    /// position i, while a compaction leaves the kept tail of the cache unrotated (see `gather`).
+    rope_offset: usize,
+    /// The initial block's keys as first written (at positions `i + pristine_offset`), per layer:
+    /// re-rotated from these copies at every compaction, never from a key rotated before, so
+    /// StreamingLLM's one-position shift per step cannot accumulate f16 rounding (a rotation by
+    /// one position is below half an f16 ulp for the slow RoPE pairs and would round to nothing).
+    pristine_initial: Vec<Tensor>,
+    pristine_offset: usize,
     tokens_seen: usize,
     counters: Counters,
 }
@@ -168,7 +178,7 @@ struct Counters {
 /// little-endian f16, `[n_kv_head, slots, head_dim]`.
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"SEPKV\0\0\x01";
 /// Bumped whenever the layout above or the header's meaning changes.
-const SNAPSHOT_FORMAT: u32 = 1;
+const SNAPSHOT_FORMAT: u32 = 2;
 /// A header lists every token of the conversation; 64 MiB is millions of tokens.
 const MAX_SNAPSHOT_HEADER: u64 = 64 << 20;
 
@@ -185,6 +195,9 @@ struct SnapshotHeader {
     slot_stream_positions: Vec<usize>,
     initial_limit: usize,
     separators_held: usize,
+    /// Restored keys keep their rotation; the initial block's pristine copy is taken anew at the
+    /// next compaction.
+    rope_offset: usize,
     tokens_seen: usize,
     counters: Counters,
     stream_tokens: Vec<u32>,
@@ -202,6 +215,11 @@ pub struct SnapshotInfo {
 fn snapshot_error(message: String) -> EngineError {
     EngineError::SnapshotCorrupt(message)
 }
+
+/// Past this rope offset a compaction rotates every kept key back to offset 0 (at most once in a
+/// key's life for any c below it), so RoPE angles are always computed for positions where f32
+/// represents them as exactly as in a dense cache of the trained context.
+const RENORMALIZE_OFFSET: usize = 8192;
 
 /// Slots allocated the first time a cache is written; small so an idle conversation costs little.
 const INITIAL_ALLOCATION: usize = 256;
@@ -228,6 +246,9 @@ impl KvCache {
             slot_stream_positions: Vec::new(),
             initial_limit,
             blocks: Blocks::default(),
+            rope_offset: 0,
+            pristine_initial: Vec::new(),
+            pristine_offset: 0,
             tokens_seen: 0,
             counters: Counters::default(),
         }
@@ -318,11 +339,13 @@ impl KvCache {
         Ok(())
     }
 
-    /// RoPE position of the next token: its slot index (positions stay inside the trained range
-    /// forever), or its stream position for the `pos=abs` ablation.
+    /// RoPE position of the next token: its slot index plus the cache's rope offset (relative
+    /// positions are exactly those of slot indices, and the offset is folded back below
+    /// `RENORMALIZE_OFFSET`, so positions stay bounded forever), or its stream position for the
+    /// `pos=abs` ablation.
     pub fn next_rope_position(&self) -> usize {
         match self.config.positions {
-            RopePositions::CacheSlot => self.len(),
+            RopePositions::CacheSlot => self.len() + self.rope_offset,
             RopePositions::Stream => self.tokens_seen,
         }
     }
@@ -378,6 +401,9 @@ impl KvCache {
 
     /// Empties the cache but keeps its buffers for reuse.
     pub fn clear(&mut self) {
+        self.rope_offset = 0;
+        self.pristine_initial.clear();
+        self.pristine_offset = 0;
         self.slot_tokens.clear();
         self.slot_stream_positions.clear();
         self.tokens_seen = 0;
@@ -447,6 +473,7 @@ impl KvCache {
             slot_stream_positions: self.slot_stream_positions.clone(),
             initial_limit: self.initial_limit,
             separators_held: self.blocks.separators,
+            rope_offset: self.rope_offset,
             tokens_seen: self.tokens_seen,
             counters: self.counters,
             stream_tokens: stream_tokens.to_vec(),
@@ -542,6 +569,7 @@ impl KvCache {
         self.initial_limit = header.initial_limit;
         self.blocks = Blocks { initial: self.initial_limit.min(held), separators: header.separators_held };
         self.tokens_seen = header.tokens_seen;
+        self.rope_offset = header.rope_offset;
         self.counters = header.counters;
         Ok(header.stream_tokens)
     }
@@ -568,42 +596,101 @@ impl KvCache {
         Ok(())
     }
 
-    /// Moves the kept slots to the front of every layer's buffers with one index vector. With
-    /// cache-slot positions each moved key is re-rotated by (new slot - old slot): RoPE is a
-    /// rotation, so that equals rotating the original key at its new position, and it costs
-    /// work only at compaction time (storing keys before RoPE would rotate the whole cache
-    /// every step instead).
+    /// Moves the kept slots to the front of every layer's buffers with one index vector.
+    ///
+    /// Cache-slot positions: keys are stored after RoPE, and slot i's key is rotated at
+    /// `i + rope_offset`. A compaction picks the new offset so that the kept tail (the local
+    /// window, or StreamingLLM's recent tokens: slots that keep their distance to the newest
+    /// token) needs no rotation at all; only the slots in front of it (initial block, harvested
+    /// separators) are re-rotated, by (new position - old position), the initial block from its
+    /// pristine copy. RoPE is a rotation, so that equals rotating the original keys at their new
+    /// positions. When the offset passes `RENORMALIZE_OFFSET` every kept key is rotated back
+    /// once, so positions stay small (f32 angles stay exact) however long the conversation.
     fn gather(&mut self, keep: &[usize]) -> Result<()> {
         let n_keep = keep.len();
+        let Some(&last_kept) = keep.last() else {
+            return Ok(());
+        };
         let indices: Vec<u32> = keep.iter().map(|&slot| slot as u32).collect();
         let indices = Tensor::from_vec(indices, n_keep, &self.device)?;
-        let rotation = if self.config.positions == RopePositions::CacheSlot {
-            let mut cos = Vec::with_capacity(n_keep * self.shape.head_dim / 2);
-            let mut sin = Vec::with_capacity(n_keep * self.shape.head_dim / 2);
-            for (new_slot, &old_slot) in keep.iter().enumerate() {
-                self.rope.push_rotation(new_slot as f64 - old_slot as f64, &mut cos, &mut sin);
-            }
+        let cache_slots = self.config.positions == RopePositions::CacheSlot;
+        let old_offset = self.rope_offset;
+        // The newest kept key keeps its position: its distance to the next token is unchanged.
+        let mut new_offset = last_kept + old_offset - (n_keep - 1);
+        if new_offset > RENORMALIZE_OFFSET {
+            new_offset = 0;
+        }
+        // Kept slots whose position does not change: the tail that moves as one block.
+        let unchanged = |(new_slot, &old_slot): (usize, &usize)| new_slot + new_offset == old_slot + old_offset;
+        let tail = keep.iter().enumerate().rev().take_while(|&pair| unchanged(pair)).count();
+        let n_rotated = if cache_slots { n_keep - tail } else { 0 };
+        let n_initial = self.initial_limit.min(n_keep).min(n_rotated);
+        if cache_slots && n_initial > 0 && self.pristine_initial.is_empty() {
+            // The first compaction: the initial block has never been rotated since it was written.
+            self.pristine_offset = old_offset;
+            self.pristine_initial = self
+                .layers
+                .iter()
+                // `copy`, not `contiguous`: a view that is already contiguous would share the buffer's storage,
+                // and the writes below would change the "pristine" keys too.
+                .map(|layer| layer.keys.narrow(1, 0, n_initial)?.copy())
+                .collect::<candle_core::Result<_>>()?;
+        }
+        let n_pristine = if cache_slots {
+            n_initial.min(self.pristine_initial.first().map_or(0, |t| t.dim(1).unwrap_or(0)))
+        } else {
+            0
+        };
+        let rotation = if n_rotated > 0 {
             let half = self.shape.head_dim / 2;
+            let mut cos = Vec::with_capacity(n_rotated * half);
+            let mut sin = Vec::with_capacity(n_rotated * half);
+            for (new_slot, &old_slot) in keep.iter().enumerate().take(n_rotated) {
+                let target = (new_slot + new_offset) as f64;
+                let source =
+                    if new_slot < n_pristine { new_slot + self.pristine_offset } else { old_slot + old_offset };
+                self.rope.push_rotation(target - source as f64, &mut cos, &mut sin);
+            }
             Some((
-                Tensor::from_vec(cos, (n_keep, half), &self.device)?,
-                Tensor::from_vec(sin, (n_keep, half), &self.device)?,
+                Tensor::from_vec(cos, (n_rotated, half), &self.device)?,
+                Tensor::from_vec(sin, (n_rotated, half), &self.device)?,
             ))
         } else {
             None
         };
-        for layer in &self.layers {
+        for (layer_idx, layer) in self.layers.iter().enumerate() {
             // The whole buffer is contiguous (index_select needs that); every index is below `held`.
             let keys = layer.keys.index_select(&indices, 1)?;
-            let keys = match &rotation {
-                Some((cos, sin)) => {
-                    let widened = keys.to_dtype(DType::F32)?.unsqueeze(0)?.contiguous()?;
-                    candle_nn::rotary_emb::rope_i(&widened, cos, sin)?.squeeze(0)?.to_dtype(KV_DTYPE)?
-                }
-                None => keys,
-            };
             let values = layer.values.index_select(&indices, 1)?;
-            layer.keys.slice_set(&keys.contiguous()?, 1, 0)?;
+            if let Some((cos, sin)) = &rotation {
+                let front = keys.narrow(1, 0, n_rotated)?;
+                let front = match self.pristine_initial.get(layer_idx) {
+                    Some(pristine) if n_pristine > 0 => {
+                        let mut parts = vec![pristine.narrow(1, 0, n_pristine)?];
+                        if n_rotated > n_pristine {
+                            parts.push(front.narrow(1, n_pristine, n_rotated - n_pristine)?);
+                        }
+                        Tensor::cat(&parts, 1)?
+                    }
+                    _ => front,
+                };
+                let widened = front.to_dtype(DType::F32)?.unsqueeze(0)?.contiguous()?;
+                let rotated = candle_nn::rotary_emb::rope_i(&widened, cos, sin)?.squeeze(0)?.to_dtype(KV_DTYPE)?;
+                layer.keys.slice_set(&rotated.contiguous()?, 1, 0)?;
+                if n_keep > n_rotated {
+                    layer.keys.slice_set(
+                        &keys.narrow(1, n_rotated, n_keep - n_rotated)?.contiguous()?,
+                        1,
+                        n_rotated,
+                    )?;
+                }
+            } else {
+                layer.keys.slice_set(&keys.contiguous()?, 1, 0)?;
+            }
             layer.values.slice_set(&values.contiguous()?, 1, 0)?;
+        }
+        if cache_slots {
+            self.rope_offset = new_offset;
         }
         Ok(())
     }
@@ -745,7 +832,6 @@ mod tests {
         };
         let tokens = [5, 5, 0, 5, 0, 5, 0, 5, 5, 0, 5];
         for (i, &token) in tokens.iter().enumerate() {
-            assert_eq!(cache.next_rope_position(), cache.len());
             push_at(&mut cache, token, |position| rotated(i, position))?;
         }
         // The 11th token did not fit: the cache compacted before appending it.
@@ -758,8 +844,11 @@ mod tests {
         assert_eq!((stats.initial_held, stats.separators_held, stats.past_held, stats.local_held), (2, 2, 1, 3));
         assert_eq!((stats.dropped_separators, stats.dropped_other), (1, 2));
         assert_eq!(stats.horizon, 11 - 4);
+        // Keys sit at slot + rope offset: the local window (7..=10) kept its positions.
+        assert_eq!(cache.rope_offset, 3);
+        assert_eq!(cache.next_rope_position(), cache.len() + 3);
         for (slot, (key, &stream)) in keys(&cache)?.iter().zip(cache.slot_stream_positions()).enumerate() {
-            let expected = rotated(stream, slot);
+            let expected = rotated(stream, slot + cache.rope_offset);
             for (got, want) in key.iter().zip(&expected) {
                 assert!((got - want).abs() < 2e-3, "slot {slot}: {key:?} vs {expected:?}");
             }
@@ -767,7 +856,7 @@ mod tests {
         // Values are moved, never rotated: layer 1 holds the same as layer 0 here, checked via values.
         let values =
             cache.layers[1].values.narrow(1, 0, cache.len())?.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-        let first_positions = [0, 1, 4, 6, 7, 8, 9, 7];
+        let first_positions = [0, 1, 4, 6, 7, 8, 9, 10];
         for ((value, &stream), &position) in values.iter().zip(cache.slot_stream_positions()).zip(&first_positions) {
             let expected = rotated(stream, position);
             assert!(value.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 2e-3), "{value:?} vs {expected:?}");
@@ -818,5 +907,44 @@ mod tests {
         assert_eq!(cache.max_chunk(), 20 - (11 + 4 + 4));
         let error = cache.protect_initial(12).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(error.contains("first 12 tokens"), "{error}");
+    }
+
+    #[test]
+    fn streaming_shifts_by_one_every_step_without_drift() -> Result<()> {
+        // StreamingLLM evicts one token per step: a rotation by one position every step would
+        // round away for the slow pairs in f16. Keys must stay exactly where slot positions say.
+        let shape = KvShape { n_layer: 1, n_kv_head: 1, head_dim: 4 };
+        let mut config = CacheConfig::new(CachePolicy::Streaming { initial: 2, capacity: 40 });
+        config.timing = CompactionTiming::AfterStep;
+        let rope = RopeSpec { freq_base: 10_000.0, head_dim: 4, freq_factors: None };
+        let mut cache = KvCache::new(config, shape, rope.clone(), Arc::new(SeparatorSet::default()), &Device::Cpu);
+        let raw = |i: usize| [1.0 + (i % 7) as f32 * 0.1, -0.5, 0.3, 0.75 - (i % 5) as f32 * 0.1];
+        let rotated = |i: usize, position: usize| {
+            let (mut cos, mut sin) = (Vec::new(), Vec::new());
+            rope.push_rotation(position as f64, &mut cos, &mut sin);
+            let k = raw(i);
+            vec![
+                k[0] * cos[0] - k[1] * sin[0],
+                k[0] * sin[0] + k[1] * cos[0],
+                k[2] * cos[1] - k[3] * sin[1],
+                k[2] * sin[1] + k[3] * cos[1],
+            ]
+        };
+        // Past RENORMALIZE_OFFSET too, so the fold-back is covered.
+        for i in 0..9000 {
+            push_at(&mut cache, i as u32, |position| rotated(i, position))?;
+        }
+        assert_eq!(cache.len(), 40);
+        assert!(cache.rope_offset < RENORMALIZE_OFFSET + 40);
+        // Relative to the newest key, every key sits at (its slot - newest slot).
+        let newest = cache.len() - 1 + cache.rope_offset;
+        for (slot, (key, &stream)) in keys(&cache)?.iter().zip(cache.slot_stream_positions()).enumerate() {
+            let expected = rotated(stream, slot + cache.rope_offset);
+            assert_eq!(slot + cache.rope_offset + (cache.len() - 1 - slot), newest);
+            for (got, want) in key.iter().zip(&expected) {
+                assert!((got - want).abs() < 2e-3, "slot {slot} (stream {stream}): {key:?} vs {expected:?}");
+            }
+        }
+        Ok(())
     }
 }
