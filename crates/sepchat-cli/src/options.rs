@@ -112,8 +112,8 @@ impl GenerationArgs {
     }
 
     /// The `--cache` spec, checked against the loaded model's trained context.
-    pub fn cache_config(&self, model: &LlamaModel) -> Result<CacheConfig, CacheSpecError> {
-        CacheConfig::parse_for_model(&self.cache, model.config().context_length)
+    pub fn cache_config(&self, context_length: usize) -> Result<CacheConfig, CacheSpecError> {
+        CacheConfig::parse_for_model(&self.cache, context_length)
     }
 
     pub fn sampling(&self) -> SamplingParams {

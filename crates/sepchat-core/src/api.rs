@@ -10,7 +10,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use sepchat_store::{CompressionMarker, MessageStats, MessageStatus, Role, Sampling, SearchHit};
+pub use sepchat_store::{
+    CompressionMarker, MessageStats, MessageStatus, Role, Sampling, SearchHit, SNIPPET_MATCH_END, SNIPPET_MATCH_START,
+};
 
 /// What kind of failure an [`ApiError`] is. The strings are stable: faces branch on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

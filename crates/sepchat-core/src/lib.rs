@@ -28,3 +28,5 @@ pub use chat::{Sink, FLUSH_INTERVAL, KV_EVENT_INTERVAL};
 pub use error::{CoreError, Result};
 pub use fingerprint::FINGERPRINTS_FILE;
 pub use prompt::{default_sampling, DEFAULT_CACHE_PROFILE, DEFAULT_SYSTEM_PROMPT};
+/// A timestamp (unix milliseconds) as faces show it: RFC 3339 in UTC.
+pub use sepchat_export::rfc3339;

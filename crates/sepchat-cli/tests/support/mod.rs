@@ -26,11 +26,36 @@ pub struct Output {
 
 /// `sepchat` with a clean environment for the settings it reads: no `SEPCHAT_MODEL` override and
 /// no `RUST_LOG` (which would add log lines to stderr). `SEPCHAT_MODEL_DIR` is kept, so the binary
-/// and [`default_model`] agree on where the default model is.
+/// and [`default_model`] agree on where the default model is. `ask` and `chat` store what they
+/// say: the history goes to [`test_data_dir`], never the user's own (a test that looks at the
+/// history sets `SEPCHAT_DATA_DIR` again, to a directory of its own).
 pub fn sepchat() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sepchat"));
-    command.env_remove("SEPCHAT_MODEL").env_remove("RUST_LOG");
+    command.env_remove("SEPCHAT_MODEL").env_remove("RUST_LOG").env("SEPCHAT_DATA_DIR", test_data_dir());
     command
+}
+
+/// This test process's history directory, under cargo's temporary directory for tests. Directories
+/// left by runs more than a day old are removed on first use.
+pub fn test_data_dir() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-history");
+        let day = Duration::from_secs(24 * 60 * 60);
+        for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|meta| meta.modified())
+                .is_ok_and(|time| time.elapsed().is_ok_and(|age| age > day));
+            if old {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = root.join(std::process::id().to_string());
+        // A directory of an earlier process with the same id holds nothing of ours.
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    })
 }
 
 /// Runs `command` to completion with stdin closed; panics if it takes longer than `timeout`.
