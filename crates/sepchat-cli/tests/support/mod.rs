@@ -27,16 +27,19 @@ pub struct Output {
 /// `sepchat` with a clean environment for the settings it reads: no `SEPCHAT_MODEL` override and
 /// no `RUST_LOG` (which would add log lines to stderr). `SEPCHAT_MODEL_DIR` is kept, so the binary
 /// and [`default_model`] agree on where the default model is. `ask` and `chat` store what they
-/// say: the history goes to [`test_data_dir`], never the user's own (a test that looks at the
-/// history sets `SEPCHAT_DATA_DIR` again, to a directory of its own).
+/// say: each command gets a history directory of its own under [`test_data_dir`], never the
+/// user's (tests run in parallel, and one history is one app's; a test that looks at the history
+/// sets `SEPCHAT_DATA_DIR` again, to a directory it shares between its commands).
 pub fn sepchat() -> Command {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let data_dir = test_data_dir().join(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_string());
     let mut command = Command::new(env!("CARGO_BIN_EXE_sepchat"));
-    command.env_remove("SEPCHAT_MODEL").env_remove("RUST_LOG").env("SEPCHAT_DATA_DIR", test_data_dir());
+    command.env_remove("SEPCHAT_MODEL").env_remove("RUST_LOG").env("SEPCHAT_DATA_DIR", data_dir);
     command
 }
 
-/// This test process's history directory, under cargo's temporary directory for tests. Directories
-/// left by runs more than a day old are removed on first use.
+/// This test process's folder of history directories, under cargo's temporary directory for tests.
+/// Folders left by runs more than a day old are removed on first use.
 pub fn test_data_dir() -> &'static std::path::Path {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
