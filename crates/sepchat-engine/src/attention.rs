@@ -172,6 +172,9 @@ mod x86 {
     /// at most `MAX_HEAD_DIM` accumulator lanes kept in registers or on the stack.
     const MAX_HEAD_DIM: usize = 256;
 
+    /// Slots per block of the row kernel's passes (scores, exponentials, values).
+    const BLOCK: usize = 32;
+
     pub(super) fn supported(head_dim: usize) -> bool {
         head_dim > 0
             && head_dim.is_multiple_of(64)
@@ -222,6 +225,30 @@ mod x86 {
         (f[0] + f[2]) + (f[1] + f[3])
     }
 
+    /// `out[i] = exp(x[i])` exactly as the C library's `expf` computes it, eight at a time where
+    /// the vector version applies, so the kernel stays bit-identical to the portable one (and to
+    /// llama.cpp, which calls `expf`).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn exp_block(x: &[f32], out: &mut [f32]) {
+        let mut start = 0;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        while start + 8 <= x.len() {
+            let lanes = &x[start..start + 8];
+            match super::glibc_expf::exp8(lanes) {
+                Some(e) => out[start..start + 8].copy_from_slice(&e),
+                None => {
+                    for (o, &v) in out[start..start + 8].iter_mut().zip(lanes) {
+                        *o = v.exp();
+                    }
+                }
+            }
+            start += 8;
+        }
+        for (o, &v) in out[start..].iter_mut().zip(&x[start..]) {
+            *o = v.exp();
+        }
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn attend_one(query: &[f32], rows: &Rows<'_>, scale: f32, out: &mut [f32]) {
         let head_dim = query.len();
@@ -235,34 +262,133 @@ mod x86 {
         let accumulated = &mut accumulated[..groups];
         let mut running_max = f32::NEG_INFINITY;
         let mut running_sum = 0f32;
-        for slot in 0..rows.visible {
-            let key = rows.key(slot, head_dim);
-            let value = rows.value(slot, head_dim);
-            let score = dot_f16(rounded_query, key) * scale;
-            let mut max_scale = 1f32;
-            let mut weight = 1f32;
-            if score > running_max {
-                let previous = running_max;
-                running_max = score;
-                max_scale = (previous - running_max).exp();
-                let factor = _mm256_set1_ps(max_scale);
-                for acc in accumulated.iter_mut() {
-                    *acc = round_to_f16(_mm256_mul_ps(*acc, factor));
+        // The same operations in the same order as the portable kernel, regrouped in blocks of
+        // slots: first the block's dot products, then its exponentials (they depend on each other
+        // only through the running maximum), then the value accumulation. Each pass is a run of
+        // independent work the CPU can overlap; slot by slot, every slot waited for the previous
+        // slot's exponential and f16 roundings.
+        let mut first = 0;
+        while first < rows.visible {
+            let count = (rows.visible - first).min(BLOCK);
+            let mut scores = [0f32; BLOCK];
+            for (offset, score) in scores[..count].iter_mut().enumerate() {
+                *score = dot_f16(rounded_query, rows.key(first + offset, head_dim)) * scale;
+            }
+            // Per slot, the one exponential ggml takes: of (previous max - new max) where the
+            // maximum rose (the rescale factor; the slot's weight is then 1), else of (score - max).
+            let mut rose = [false; BLOCK];
+            let mut exponents = [0f32; BLOCK];
+            for ((&score, rose), exponent) in scores[..count].iter().zip(rose.iter_mut()).zip(exponents.iter_mut()) {
+                if score > running_max {
+                    *exponent = running_max - score;
+                    *rose = true;
+                    running_max = score;
+                } else {
+                    *exponent = score - running_max;
                 }
-            } else {
-                weight = (score - running_max).exp();
             }
-            let factor = _mm256_set1_ps(weight);
-            for (group, acc) in accumulated.iter_mut().enumerate() {
-                let v = load_f16(&value[group * 8..group * 8 + 8]);
-                *acc = round_to_f16(_mm256_fmadd_ps(v, factor, *acc));
+            let mut exps = [0f32; BLOCK];
+            exp_block(&exponents[..count], &mut exps[..count]);
+            for (offset, (&rose, &e)) in rose[..count].iter().zip(&exps[..count]).enumerate() {
+                let (max_scale, weight) = if rose { (e, 1f32) } else { (1f32, e) };
+                if rose {
+                    let factor = _mm256_set1_ps(max_scale);
+                    for acc in accumulated.iter_mut() {
+                        *acc = round_to_f16(_mm256_mul_ps(*acc, factor));
+                    }
+                }
+                let value = rows.value(first + offset, head_dim);
+                let factor = _mm256_set1_ps(weight);
+                for (group, acc) in accumulated.iter_mut().enumerate() {
+                    let v = load_f16(&value[group * 8..group * 8 + 8]);
+                    *acc = round_to_f16(_mm256_fmadd_ps(v, factor, *acc));
+                }
+                running_sum = running_sum.mul_add(max_scale, weight);
             }
-            running_sum = running_sum.mul_add(max_scale, weight);
+            first += count;
         }
         let inverse_sum = _mm256_set1_ps(if running_sum == 0.0 { 0.0 } else { 1.0 / running_sum });
         for (group, acc) in accumulated.iter().enumerate() {
             _mm256_storeu_ps(out[group * 8..group * 8 + 8].as_mut_ptr(), _mm256_mul_ps(*acc, inverse_sum));
         }
+    }
+}
+
+/// glibc's `expf` (sysdeps/ieee754/flt-32/e_expf.c, as built with FMA), four lanes of double at a
+/// time: x/ln2 scaled by 32 split into an integer k and r, 2^(k/32) from a 32-entry table with k's
+/// high bits added to the exponent, a degree-3 polynomial in r. Only for arguments where glibc takes
+/// this path and the result is normal (-87.9 <= x <= 0, the range of a softmax's shifted scores);
+/// other lanes are left to the C library. `glibc_expf_matches_the_c_library` checks it bit for bit.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+mod glibc_expf {
+    use std::arch::x86_64::*;
+    use std::sync::OnceLock;
+
+    const TABLE_BITS: u32 = 5;
+    const N: f64 = (1u32 << TABLE_BITS) as f64;
+    /// 0x1.71547652b82fep+0 * N (1/ln 2, scaled).
+    const INV_LN2_N: f64 = std::f64::consts::LOG2_E * N;
+    /// 0x1.8p+52: adding it rounds to an integer held in the low mantissa bits.
+    const SHIFT: f64 = 6755399441055744.0;
+    /// glibc's `__exp2f_data.poly_scaled`: 0x1.c6af84b912394p-5/N^3, 0x1.ebfce50fac4f3p-3/N^2,
+    /// 0x1.62e42ff0c52d6p-1/N, built from the bits of the unscaled coefficients (exact divisions).
+    fn poly() -> [f64; 3] {
+        [
+            f64::from_bits(0x3FAC_6AF8_4B91_2394) / (N * N * N),
+            f64::from_bits(0x3FCE_BFCE_50FA_C4F3) / (N * N),
+            f64::from_bits(0x3FE6_2E42_FF0C_52D6) / N,
+        ]
+    }
+
+    /// `__exp2f_data.tab`: the bits of 2^(i/32) less i << 47 (the exponent part k adds back).
+    fn table() -> &'static [u64; 32] {
+        static TABLE: OnceLock<[u64; 32]> = OnceLock::new();
+        TABLE.get_or_init(|| {
+            std::array::from_fn(|i| {
+                let value = exp2_correctly_rounded(i as u32);
+                value.to_bits().wrapping_sub((i as u64) << (52 - TABLE_BITS))
+            })
+        })
+    }
+
+    /// 2^(i/32) as a double. glibc's table holds the correctly rounded values, which `f64::exp2`
+    /// gives for these 32 arguments; an entry one ulp off would change results for some inputs of
+    /// its index, which `glibc_expf_matches_the_c_library` (11 million inputs) would catch.
+    fn exp2_correctly_rounded(i: u32) -> f64 {
+        (f64::from(i) / N).exp2()
+    }
+
+    pub(super) fn lane_in_range(x: f32) -> bool {
+        (-87.9..=0.0).contains(&x)
+    }
+
+    /// `Some` when every lane is in range (see the module comment), else `None`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exp8(x: &[f32]) -> Option<[f32; 8]> {
+        if x.len() < 8 || !x[..8].iter().all(|&v| lane_in_range(v)) {
+            return None;
+        }
+        let table = table();
+        let [c0, c1, c2] = poly();
+        let mut out = [0f32; 8];
+        for half in 0..2 {
+            let xd = _mm256_cvtps_pd(_mm_loadu_ps(x[half * 4..half * 4 + 4].as_ptr()));
+            let z = _mm256_mul_pd(_mm256_set1_pd(INV_LN2_N), xd);
+            let shifted = _mm256_add_pd(z, _mm256_set1_pd(SHIFT));
+            let ki = _mm256_castpd_si256(shifted);
+            let kd = _mm256_sub_pd(shifted, _mm256_set1_pd(SHIFT));
+            let r = _mm256_sub_pd(z, kd);
+            let index = _mm256_and_si256(ki, _mm256_set1_epi64x(31));
+            let entry = _mm256_i64gather_epi64::<8>(table.as_ptr().cast(), index);
+            let s = _mm256_castsi256_pd(_mm256_add_epi64(entry, _mm256_slli_epi64::<{ 52 - TABLE_BITS as i32 }>(ki)));
+            let zz = _mm256_fmadd_pd(_mm256_set1_pd(c0), r, _mm256_set1_pd(c1));
+            let r2 = _mm256_mul_pd(r, r);
+            let y = _mm256_fmadd_pd(_mm256_set1_pd(c2), r, _mm256_set1_pd(1.0));
+            let y = _mm256_fmadd_pd(zz, r2, y);
+            let y = _mm256_mul_pd(y, s);
+            _mm_storeu_ps(out[half * 4..half * 4 + 4].as_mut_ptr(), _mm256_cvtpd_ps(y));
+        }
+        Some(out)
     }
 }
 
@@ -281,6 +407,34 @@ mod tests {
             .collect()
     }
 
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn glibc_expf_matches_the_c_library() {
+        if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")) {
+            return;
+        }
+        // Every 97th f32 from -0 down to -87.9 (about 11 million values), eight at a time.
+        let mut bits = (-0.0f32).to_bits();
+        let mut mismatches = Vec::new();
+        loop {
+            let lanes: [f32; 8] = std::array::from_fn(|lane| f32::from_bits(bits + 97 * lane as u32));
+            if !lanes.iter().all(|&x| glibc_expf::lane_in_range(x)) {
+                break;
+            }
+            // SAFETY: the features were checked above.
+            let got = unsafe { glibc_expf::exp8(&lanes) }.expect("in range");
+            for (x, e) in lanes.iter().zip(got) {
+                if e.to_bits() != x.exp().to_bits() && mismatches.len() < 5 {
+                    mismatches.push((*x, e, x.exp()));
+                }
+            }
+            bits += 97 * 8;
+        }
+        assert!(mismatches.is_empty(), "x, ours, libm: {mismatches:?}");
+        // SAFETY: as above.
+        assert!(unsafe { glibc_expf::exp8(&[0.0, -1.0, -2.0, -3.0, -4.0, -5.0, -6.0, -88.5]) }.is_none());
+    }
+
     #[test]
     fn simd_and_portable_row_kernels_agree_to_the_bit() {
         for head_dim in [64usize, 128] {
@@ -289,7 +443,7 @@ mod tests {
             let values = cache_values(slots * head_dim, 2);
             let layout = CacheRows { offset: 0, head_stride: slots * head_dim, slot_stride: head_dim };
             let query: Vec<f32> = cache_values(head_dim, 3).iter().map(|q| q.to_f32() * 1.37).collect();
-            for visible in [1usize, 2, 17, 300] {
+            for visible in [1usize, 2, 17, 32, 33, 65, 300] {
                 let rows = Rows {
                     key_rows: &layout,
                     key_data: &keys,

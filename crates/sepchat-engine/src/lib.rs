@@ -9,6 +9,7 @@
 mod attention;
 pub mod bench;
 pub mod cache_policy;
+mod causal_softmax;
 pub mod device;
 pub mod error;
 mod ggml_exact;

@@ -15,6 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use sepchat_text::{ChatTemplate, GgufTokenizer};
 
 use crate::cache_policy::{CacheConfig, SeparatorRule};
+use crate::causal_softmax::CausalSoftmax;
 use crate::error::{EngineError, Result};
 use crate::ggml_exact;
 use crate::kv_cache::{KvCache, KvShape, RopeSpec, SeparatorSet};
@@ -257,12 +258,10 @@ impl LlamaModel {
         cache.reserve(n_new)?;
         let n_held = cache.len();
         let rope = self.rope_tables(cache.next_rope_position(), n_new)?;
-        // The one-row-at-a-time CPU kernel applies causality itself; the matmul path needs a mask.
-        let mask = if n_new > 1 && !self.uses_row_kernel(n_new) {
-            Some(causal_mask(n_held, n_new, &self.device)?)
-        } else {
-            None
-        };
+        // The one-row-at-a-time CPU kernel and the CPU's fused softmax apply causality themselves; the
+        // matmul path of an accelerator needs a mask.
+        let mask =
+            if n_new > 1 && !self.device.is_cpu() { Some(causal_mask(n_held, n_new, &self.device)?) } else { None };
 
         let mut hidden = self.embeddings.lookup(tokens, &self.device)?;
         for (layer_idx, layer) in self.layers.iter().enumerate() {
@@ -342,15 +341,21 @@ impl LlamaModel {
             // Query head h uses KV head h / heads_per_kv: group them so one batched matmul per
             // KV head covers all its query heads, without repeating keys or values in memory.
             let grouped_queries = queries.reshape((n_kv_head, heads_per_kv * n_new, head_dim))?;
-            let scores = (grouped_queries.matmul(&all_keys.t()?)? * scale)?;
-            let scores = match mask {
-                Some(mask) => scores
-                    .reshape((n_kv_head, heads_per_kv, n_new, n_keys))?
-                    .broadcast_add(mask)?
-                    .reshape((n_kv_head, heads_per_kv * n_new, n_keys))?,
-                None => scores,
+            let scores = grouped_queries.matmul(&all_keys.t()?)?;
+            let weights = if self.device.is_cpu() {
+                // The CPU fuses scale, causal mask and softmax in one pass (see causal_softmax.rs).
+                scores.apply_op1_no_bwd(&CausalSoftmax { n_new, scale: scale as f32 })?
+            } else {
+                let scores = (scores * scale)?;
+                let scores = match mask {
+                    Some(mask) => scores
+                        .reshape((n_kv_head, heads_per_kv, n_new, n_keys))?
+                        .broadcast_add(mask)?
+                        .reshape((n_kv_head, heads_per_kv * n_new, n_keys))?,
+                    None => scores,
+                };
+                candle_nn::ops::softmax_last_dim(&scores)?
             };
-            let weights = candle_nn::ops::softmax_last_dim(&scores)?;
             let mixed = weights.matmul(&all_values.contiguous()?)?;
             mixed.reshape((n_head, n_new, head_dim))?.transpose(0, 1)?.reshape((n_new, n_head * head_dim))?
         };
