@@ -1,16 +1,21 @@
 //! `sepchat bench`: our prefill and decode speed beside candle's stock quantized_llama, measured
 //! in the same process on the same tokens, printed as a table and optionally as JSON.
+//! `sepchat bench sessions` measures resuming conversations instead (see `bench_sessions.rs`).
 
 use std::process::ExitCode;
 
-use clap::Args;
+use clap::{Args, Subcommand};
 use sepchat_engine::bench::{bench_candle_stock, bench_sepchat, BenchPlan, BenchPoint};
 use sepchat_engine::CacheConfig;
 
+use crate::bench_sessions::{self, SessionsArgs};
 use crate::options::{with_usage_exit, ModelArgs};
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    other: Option<OtherBench>,
     /// Tokens already streamed through the cache before each measurement (comma-separated);
     /// default 0,2048,4096 unless --context is given.
     #[arg(long, value_delimiter = ',')]
@@ -36,6 +41,13 @@ pub struct BenchArgs {
     json: bool,
 }
 
+#[derive(Subcommand)]
+enum OtherBench {
+    /// Time to first token over a long conversation's turns, and switching to a long conversation: restored from
+    /// its snapshot against replayed (through the App, in a throwaway data directory; use a release build).
+    Sessions(SessionsArgs),
+}
+
 /// The contexts measured when neither --contexts nor --context is given.
 const DEFAULT_CONTEXTS: [usize; 3] = [0, 2048, 4096];
 
@@ -57,6 +69,9 @@ impl BenchArgs {
 const BENCH_TEXT: &str = include_str!("bench_text.txt");
 
 pub fn run(model_args: &ModelArgs, args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(OtherBench::Sessions(sessions)) = &args.other {
+        return with_usage_exit(bench_sessions::run(model_args, sessions).map(|()| ExitCode::SUCCESS));
+    }
     with_usage_exit(run_bench(model_args, args))
 }
 

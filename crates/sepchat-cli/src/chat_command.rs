@@ -153,7 +153,7 @@ fn run_chat(
 }
 
 /// A tokio runtime for the App's async methods; the engine has its own thread, so two workers are plenty.
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -316,7 +316,7 @@ fn lock_turn(printer: &Mutex<Printer>) -> usize {
 }
 
 /// Loads the model with a spinner on stderr (hidden when stderr is not a terminal).
-async fn load_model(app: &App, model_args: &ModelArgs) -> anyhow::Result<ModelInfo> {
+pub(crate) async fn load_model(app: &App, model_args: &ModelArgs) -> anyhow::Result<ModelInfo> {
     let path = model_args.model_path()?;
     let device = match model_args.device {
         DeviceChoice::Auto => "auto",
@@ -399,7 +399,7 @@ fn all_sampling(args: &GenerationArgs) -> Sampling {
     }
 }
 
-fn greedy_sampling() -> Sampling {
+pub(crate) fn greedy_sampling() -> Sampling {
     Sampling {
         temperature: Some(0.0),
         top_p: Some(1.0),
