@@ -80,7 +80,13 @@ impl App {
             })
         })
         .await?;
-        let conversations = sepchat_export::parse_json_export(&text).map_err(CoreError::from)?;
+        self.import_document(&text).await
+    }
+
+    /// Imports a JSON export given as text (a face that received the file's contents, e.g. a browser upload):
+    /// every conversation in it, with new ids, or nothing if any of it is invalid.
+    pub async fn import_document(&self, document: &str) -> Result<ImportResult, ApiError> {
+        let conversations = sepchat_export::parse_json_export(document).map_err(CoreError::from)?;
         let conversation_ids = self.inner.store.import_conversations(&conversations).await.map_err(CoreError::from)?;
         Ok(ImportResult { conversation_ids })
     }

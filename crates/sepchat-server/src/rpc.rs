@@ -229,6 +229,17 @@ async fn import(State(state): State<AppState>, Body(request): Body<ImportRequest
     Ok(Json(state.app.import(request).await?))
 }
 
+/// `{"document": "<the JSON export's text>"}`: what a browser that read the chosen file sends.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportDocumentArgs {
+    document: String,
+}
+
+async fn import_document(State(state): State<AppState>, Body(args): Body<ImportDocumentArgs>) -> Answer<ImportResult> {
+    Ok(Json(state.app.import_document(&args.document).await?))
+}
+
 // ---- Outside the table ----
 
 /// `GET /api/health`: the server answers, and which model is loaded (`null`: none yet).
@@ -292,4 +303,5 @@ rpc_table![
     export,
     render_export,
     import,
+    import_document,
 ];

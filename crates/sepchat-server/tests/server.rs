@@ -263,6 +263,18 @@ async fn conversations_round_trip() {
     assert_eq!(no_model.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(no_model.json::<Value>().await.expect("json")["code"], "model");
 
+    // What a browser does for a download and an upload: the export's text, then that text imported as a copy.
+    let document: String =
+        server.call("render_export", json!({"conversation_ids": [created.id], "format": "json"})).await;
+    let imported: Value = server.call("import_document", json!({ "document": document })).await;
+    let copy_id = imported["conversation_ids"][0].as_i64().expect("an imported id");
+    assert_ne!(copy_id, created.id);
+    let copy: ConversationView = server.call("get_conversation", json!({"conversation_id": copy_id})).await;
+    assert_eq!(copy.conversation.title, "Lyon");
+    let broken = server.rpc("import_document", json!({"document": "{\"format\": \"sepchat-export\""})).await;
+    assert_eq!(broken.status(), StatusCode::BAD_REQUEST);
+    let (): () = server.call("purge_conversation", json!({"conversation_id": copy_id})).await;
+
     let _: ConversationInfo = server.call("delete_conversation", json!({"conversation_id": created.id})).await;
     let trash: Vec<ConversationInfo> = server.call("list_trash", json!({})).await;
     assert_eq!(trash.len(), 1);
