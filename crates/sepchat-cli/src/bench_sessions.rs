@@ -87,6 +87,7 @@ struct Report {
     cache: String,
     turns: Vec<TurnRow>,
     last_turn_over_second: f64,
+    /// The snapshot written after the restored turn: the one restored from, plus that turn's few slots.
     snapshot_bytes: Option<usize>,
     restored: SwitchRow,
     replayed: SwitchRow,

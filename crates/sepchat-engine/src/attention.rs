@@ -332,13 +332,11 @@ mod glibc_expf {
     const SHIFT: f64 = 6755399441055744.0;
     /// glibc's `__exp2f_data.poly_scaled`: 0x1.c6af84b912394p-5/N^3, 0x1.ebfce50fac4f3p-3/N^2,
     /// 0x1.62e42ff0c52d6p-1/N, built from the bits of the unscaled coefficients (exact divisions).
-    fn poly() -> [f64; 3] {
-        [
-            f64::from_bits(0x3FAC_6AF8_4B91_2394) / (N * N * N),
-            f64::from_bits(0x3FCE_BFCE_50FA_C4F3) / (N * N),
-            f64::from_bits(0x3FE6_2E42_FF0C_52D6) / N,
-        ]
-    }
+    const POLY: [f64; 3] = [
+        f64::from_bits(0x3FAC_6AF8_4B91_2394) / (N * N * N),
+        f64::from_bits(0x3FCE_BFCE_50FA_C4F3) / (N * N),
+        f64::from_bits(0x3FE6_2E42_FF0C_52D6) / N,
+    ];
 
     /// `__exp2f_data.tab`: the bits of 2^(i/32) less i << 47 (the exponent part k adds back).
     fn table() -> &'static [u64; 32] {
@@ -369,7 +367,7 @@ mod glibc_expf {
             return None;
         }
         let table = table();
-        let [c0, c1, c2] = poly();
+        let [c0, c1, c2] = POLY;
         let mut out = [0f32; 8];
         for half in 0..2 {
             let xd = _mm256_cvtps_pd(_mm_loadu_ps(x[half * 4..half * 4 + 4].as_ptr()));

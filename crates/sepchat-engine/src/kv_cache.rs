@@ -725,6 +725,18 @@ mod tests {
         KvShape { n_layer: 2, n_kv_head: 1, head_dim: 2 }
     }
 
+    /// A 4-dim key (two RoPE pairs) rotated to `position`, computed independently of the cache's own code.
+    fn rotate_key(rope: &RopeSpec, k: [f32; 4], position: usize) -> Vec<f32> {
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        rope.push_rotation(position as f64, &mut cos, &mut sin);
+        vec![
+            k[0] * cos[0] - k[1] * sin[0],
+            k[0] * sin[0] + k[1] * cos[0],
+            k[2] * cos[1] - k[3] * sin[1],
+            k[2] * sin[1] + k[3] * cos[1],
+        ]
+    }
+
     fn cache_with(policy: CachePolicy, shape: KvShape, separators: &[u32]) -> KvCache {
         let rope = RopeSpec { freq_base: 10_000.0, head_dim: shape.head_dim, freq_factors: None };
         KvCache::new(CacheConfig::new(policy), shape, rope, Arc::new(SeparatorSet::from_ids(separators)), &Device::Cpu)
@@ -819,17 +831,7 @@ mod tests {
         let rope = cache.rope.clone();
         // Key of token i before RoPE, and the same key rotated at `position`.
         let raw = |i: usize| [1.0 + i as f32 * 0.1, -0.5, 0.25 * i as f32, 0.75];
-        let rotated = |i: usize, position: usize| {
-            let (mut cos, mut sin) = (Vec::new(), Vec::new());
-            rope.push_rotation(position as f64, &mut cos, &mut sin);
-            let k = raw(i);
-            vec![
-                k[0] * cos[0] - k[1] * sin[0],
-                k[0] * sin[0] + k[1] * cos[0],
-                k[2] * cos[1] - k[3] * sin[1],
-                k[2] * sin[1] + k[3] * cos[1],
-            ]
-        };
+        let rotated = |i: usize, position: usize| rotate_key(&rope, raw(i), position);
         let tokens = [5, 5, 0, 5, 0, 5, 0, 5, 5, 0, 5];
         for (i, &token) in tokens.iter().enumerate() {
             push_at(&mut cache, token, |position| rotated(i, position))?;
@@ -919,17 +921,7 @@ mod tests {
         let rope = RopeSpec { freq_base: 10_000.0, head_dim: 4, freq_factors: None };
         let mut cache = KvCache::new(config, shape, rope.clone(), Arc::new(SeparatorSet::default()), &Device::Cpu);
         let raw = |i: usize| [1.0 + (i % 7) as f32 * 0.1, -0.5, 0.3, 0.75 - (i % 5) as f32 * 0.1];
-        let rotated = |i: usize, position: usize| {
-            let (mut cos, mut sin) = (Vec::new(), Vec::new());
-            rope.push_rotation(position as f64, &mut cos, &mut sin);
-            let k = raw(i);
-            vec![
-                k[0] * cos[0] - k[1] * sin[0],
-                k[0] * sin[0] + k[1] * cos[0],
-                k[2] * cos[1] - k[3] * sin[1],
-                k[2] * sin[1] + k[3] * cos[1],
-            ]
-        };
+        let rotated = |i: usize, position: usize| rotate_key(&rope, raw(i), position);
         // Past RENORMALIZE_OFFSET too, so the fold-back is covered.
         for i in 0..9000 {
             push_at(&mut cache, i as u32, |position| rotated(i, position))?;
