@@ -236,7 +236,7 @@ impl App {
                 } else {
                     MessageStatus::Done
                 };
-                let stats = message_stats(&summary);
+                let stats = message_stats(&summary, &config);
                 let finished = store.finish_message(reply.id, status, &summary.text, None, Some(&stats)).await?;
                 let snapshot = self.snapshot(&model, conversation_id, reply.id).await;
                 let kv = api::KvStats::from(&summary.kv);
@@ -626,8 +626,15 @@ impl KvThrottle {
     }
 }
 
-/// The stored report of a finished reply.
-fn message_stats(summary: &GenerationSummary) -> MessageStats {
+/// The stored report of a finished reply. Besides the fixed fields, `kv` holds the whole cache readout after the
+/// reply and `cache_spec` the setting it ran with, so a face opening the conversation later can show the KV panel
+/// as it was (the fixed fields alone have no tokens seen, blocks or compressions).
+fn message_stats(summary: &GenerationSummary, config: &CacheConfig) -> MessageStats {
+    let mut extra = serde_json::Map::new();
+    if let Ok(kv) = serde_json::to_value(api::KvStats::from(&summary.kv)) {
+        extra.insert("kv".to_string(), kv);
+    }
+    extra.insert("cache_spec".to_string(), serde_json::Value::String(config.to_string()));
     MessageStats {
         time_to_first_token_ms: Some(milliseconds(summary.time_to_first_token)),
         prefill_tokens_per_s: Some(summary.prefill_tokens_per_second()),
@@ -637,7 +644,7 @@ fn message_stats(summary: &GenerationSummary) -> MessageStats {
         stop_reason: Some(summary.stop_reason.as_str().to_string()),
         kv_slots: Some(summary.kv.slots_held as u64),
         kv_bytes: Some(summary.kv.bytes_held as u64),
-        extra: serde_json::Map::new(),
+        extra,
     }
 }
 

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use sepchat_core::api::{
-    CacheSource, ChatEvent, EditMessageRequest, ErrorCode, ExportFormat, ExportRequest, ImportRequest,
+    CacheSource, ChatEvent, EditMessageRequest, ErrorCode, ExportFormat, ExportRequest, ImportRequest, KvStats,
     LoadModelRequest, MessageStatus, NewConversationRequest, RegenerateRequest, Role, Sampling, SendMessageRequest,
     SendResult, StreamOptions,
 };
@@ -269,6 +269,10 @@ async fn compressions_are_stored_and_export_import_export_round_trips() {
     assert!(stats.time_to_first_token_ms.is_some_and(|ms| ms > 0.0));
     assert_eq!(stats.tokens_out, Some(first.report.generated_tokens as u64));
     assert_eq!(stats.kv_slots, first.report.kv.as_ref().map(|kv| kv.slots_held as u64));
+    // The whole readout is stored too, so a face can show the KV panel of a conversation it did not stream.
+    let stored_kv: KvStats = serde_json::from_value(stats.extra["kv"].clone()).expect("stored readout parses");
+    assert_eq!(Some(stored_kv), first.report.kv);
+    assert_eq!(stats.extra["cache_spec"], serde_json::json!(first.report.cache_spec));
     let view = app.get_conversation(id).await.expect("view");
     assert_eq!(view.markers, markers);
 
