@@ -395,6 +395,13 @@ impl KvCache {
             self.slot_stream_positions.truncate(keep);
             self.tokens_seen = keep;
             self.blocks = Blocks::default();
+            // The per-step sums must forget the dropped steps too, or the means divide sums over more steps than
+            // `tokens_seen` (a "kept on average" above 100% after a regenerate). Before any compaction step `i`
+            // held `i` slots of `i` tokens, so the sums over the kept steps are known exactly.
+            let kept = keep as f64;
+            self.counters.slots_sum = kept * (kept + 1.0) / 2.0;
+            self.counters.kept_ratio_sum = kept;
+            self.counters.slots_peak = keep;
         }
         true
     }
@@ -894,6 +901,10 @@ mod tests {
             push(&mut cache, token, &[1.0, 1.0])?;
         }
         assert!(cache.truncate(2));
+        let stats = cache.stats();
+        assert_eq!((stats.tokens_seen, stats.slots_peak), (2, 2));
+        assert_eq!(stats.kept_ratio_mean, 1.0, "only the kept steps count: {stats:?}");
+        assert_eq!(stats.slots_mean, 1.5, "slots 1 then 2: {stats:?}");
         push(&mut cache, 7, &[1.0, 1.0])?;
         push(&mut cache, 8, &[1.0, 1.0])?;
         assert_eq!(cache.compactions(), 1);
