@@ -8,19 +8,32 @@ CARGO ?= cargo
 RELEASE_BIN := $(CARGO_TARGET_DIR)/release/sepchat
 DEBUG_BIN := $(CARGO_TARGET_DIR)/debug/sepchat
 
-.PHONY: run test system-deps fetch-model build-release bench eval-ppl eval-stream fmt lint
+.PHONY: run test system-deps ui-deps ui-build fetch-model build-release bench eval-ppl eval-stream fmt lint
 
-## run: build the app and start chatting with the default model.
-run: system-deps build-release
+## run: build the app and the web UI, fetch the default model, and serve the UI on 127.0.0.1 (the URL is printed).
+run: system-deps build-release ui-build
 	$(RELEASE_BIN) fetch-model
-	$(RELEASE_BIN) chat
+	$(RELEASE_BIN) serve --ui-dir ui/dist
 
-## test: the whole test suite, with the real default model.
-test: system-deps
+## test: the whole test suite, with the real default model: Rust, then the UI's unit tests, then the browser tests
+## against the real `sepchat serve`.
+test: system-deps ui-build
 	$(CARGO) build --workspace --locked
 	$(DEBUG_BIN) fetch-model
 	$(CARGO) test --workspace --locked
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	cd ui && npm run check && npm test
+	cd ui && SEPCHAT_BIN=$(DEBUG_BIN) npm run e2e
+
+# The UI's npm packages, reinstalled only when the lock file changed (the stamp is newer otherwise).
+UI_STAMP := ui/node_modules/.sepchat-installed
+ui-deps: $(UI_STAMP)
+$(UI_STAMP): ui/package-lock.json
+	cd ui && npm ci --no-audit --no-fund
+	touch $@
+
+ui-build: ui-deps
+	cd ui && npm run build
 
 system-deps:
 	./scripts/install-system-deps.sh

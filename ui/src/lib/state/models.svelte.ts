@@ -1,0 +1,58 @@
+import type { ModelInfo } from '../api/types';
+import { loadRecentModels, rememberModelPath, saveRecentModels } from '../recent-models';
+import { toApiError } from '../transport/errors';
+import type { Transport } from '../transport/types';
+import type { Toasts } from './toasts.svelte';
+
+/** The loaded model, the server's version, and the model files used recently (remembered in this browser). */
+export class Models {
+  info = $state<ModelInfo | null>(null);
+  serverVersion = $state<string | null>(null);
+  /** `false` until the server first answered: "no model" is only shown once it is known. */
+  known = $state(false);
+  loading = $state(false);
+  error = $state<string | null>(null);
+  recent = $state<string[]>([]);
+
+  constructor(
+    private readonly transport: Transport,
+    private readonly toasts: Toasts,
+  ) {}
+
+  async start(): Promise<void> {
+    this.recent = loadRecentModels(localStorage);
+    try {
+      const health = await this.transport.health();
+      this.info = health.model;
+      this.serverVersion = health.version;
+      if (health.model) this.remember(health.model.path);
+    } catch (error) {
+      this.toasts.error(toApiError(error).message);
+    } finally {
+      this.known = true;
+    }
+  }
+
+  /** Loads a model file (an empty path: the default model); a bad file leaves the current model loaded. */
+  async load(path: string): Promise<boolean> {
+    this.loading = true;
+    this.error = null;
+    try {
+      const info = await this.transport.load_model({ path: path.trim() || null });
+      this.info = info;
+      this.remember(info.path);
+      this.toasts.show(`Loaded ${info.file_name} on ${info.device}`);
+      return true;
+    } catch (error) {
+      this.error = toApiError(error).message;
+      return false;
+    } finally {
+      this.loading = false;
+    }
+  }
+
+  private remember(path: string): void {
+    this.recent = rememberModelPath(this.recent, path);
+    saveRecentModels(localStorage, this.recent);
+  }
+}

@@ -1,0 +1,120 @@
+// The one interface the UI talks to the App through. Each method is one server RPC (`crates/sepchat-server/src/rpc.rs`),
+// named as there, taking the same JSON arguments by the same names, so a transport only has to carry them: over
+// HTTP (`http.ts`) or, later, Tauri commands. `complete`, `stop_completion`, and the path-based `export`/`import`
+// are left out: this UI saves and reads files in the browser (`render_export`, `import_document`) and has no raw
+// completion view.
+
+import type {
+  ChatEvent,
+  ConversationInfo,
+  ConversationView,
+  EditMessageRequest,
+  ExportFormat,
+  Health,
+  ImportResult,
+  LoadModelRequest,
+  ModelInfo,
+  NewConversationRequest,
+  RegenerateRequest,
+  Sampling,
+  SearchHit,
+  SendMessageRequest,
+  SendResult,
+} from '../api/types';
+
+export interface ConversationArgs {
+  conversation_id: number;
+}
+
+export interface RenameArgs {
+  conversation_id: number;
+  title: string;
+}
+
+export interface PinArgs {
+  conversation_id: number;
+  pinned: boolean;
+}
+
+export interface SearchArgs {
+  query: string;
+  limit?: number;
+}
+
+export interface SystemPromptArgs {
+  conversation_id: number;
+  /** `null`: the app's default; `""`: none. */
+  system_prompt: string | null;
+}
+
+export interface SamplingArgs {
+  conversation_id: number;
+  sampling: Sampling;
+}
+
+export interface CacheProfileArgs {
+  conversation_id: number;
+  /** `null`: the app's default. */
+  cache_profile: string | null;
+}
+
+export interface BranchArgs {
+  conversation_id: number;
+  message_id: number;
+}
+
+export interface RenderExportArgs {
+  /** `null`: every conversation not in the trash. */
+  conversation_ids: number[] | null;
+  format: ExportFormat;
+}
+
+export interface ImportDocumentArgs {
+  /** The text of a JSON export. */
+  document: string;
+}
+
+/** Receives a generation's events in order, while it runs. */
+export type ChatEventHandler = (event: ChatEvent) => void;
+
+/**
+ * Every method resolves to the server's answer or rejects with an `ApiError` (`{code, message}`), never anything
+ * else: network failures and malformed answers become code `internal`. The generating methods call `onEvent` for
+ * each event and resolve to the final `SendResult`; aborting `signal` closes the stream, which stops the
+ * generation on the server (the reply is kept as `stopped`).
+ */
+export interface Transport {
+  health(): Promise<Health>;
+
+  load_model(request: LoadModelRequest): Promise<ModelInfo>;
+  model_info(): Promise<ModelInfo | null>;
+
+  create_conversation(request: NewConversationRequest): Promise<ConversationInfo>;
+  list_conversations(): Promise<ConversationInfo[]>;
+  list_trash(): Promise<ConversationInfo[]>;
+  get_conversation(args: ConversationArgs): Promise<ConversationView>;
+  rename_conversation(args: RenameArgs): Promise<ConversationInfo>;
+  pin_conversation(args: PinArgs): Promise<ConversationInfo>;
+  delete_conversation(args: ConversationArgs): Promise<ConversationInfo>;
+  restore_conversation(args: ConversationArgs): Promise<ConversationInfo>;
+  purge_conversation(args: ConversationArgs): Promise<void>;
+  /** How many conversations were deleted. */
+  empty_trash(): Promise<number>;
+  search(args: SearchArgs): Promise<SearchHit[]>;
+
+  set_system_prompt(args: SystemPromptArgs): Promise<ConversationInfo>;
+  set_sampling(args: SamplingArgs): Promise<ConversationInfo>;
+  set_cache_profile(args: CacheProfileArgs): Promise<ConversationInfo>;
+
+  send_message(request: SendMessageRequest, onEvent: ChatEventHandler, signal?: AbortSignal): Promise<SendResult>;
+  regenerate(request: RegenerateRequest, onEvent: ChatEventHandler, signal?: AbortSignal): Promise<SendResult>;
+  edit_message(request: EditMessageRequest, onEvent: ChatEventHandler, signal?: AbortSignal): Promise<SendResult>;
+  /** `false` when nothing was generating. */
+  stop(args: ConversationArgs): Promise<boolean>;
+  is_generating(args: ConversationArgs): Promise<boolean>;
+  switch_branch(args: BranchArgs): Promise<ConversationView>;
+
+  /** The export document's text. */
+  render_export(args: RenderExportArgs): Promise<string>;
+  import_document(args: ImportDocumentArgs): Promise<ImportResult>;
+}
