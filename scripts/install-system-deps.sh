@@ -7,6 +7,20 @@ missing=()
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+# The web UI is built with npm; its browser tests drive Debian's chromium (never a downloaded browser).
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+
+# The desktop window (src-tauri) needs these only where apt-get exists: on macOS the system WebView is used and
+# nothing extra is installed. WebKitGTK's headers (they bring GTK's, and D-Bus's for the theme portal); its
+# WebDriver, Xvfb and xauth for the window's end-to-end test without a display. (No OpenSSL: nothing links it.)
+if command -v apt-get >/dev/null 2>&1; then
+  pkg-config --exists webkit2gtk-4.1 2>/dev/null || missing+=(libwebkit2gtk-4.1-dev)
+  pkg-config --exists dbus-1 2>/dev/null || missing+=(libdbus-1-dev)
+  command -v Xvfb >/dev/null 2>&1 || missing+=(xvfb)
+  command -v xauth >/dev/null 2>&1 || missing+=(xauth)
+  command -v WebKitWebDriver >/dev/null 2>&1 || missing+=(webkit2gtk-driver)
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
