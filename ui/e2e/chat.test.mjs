@@ -3,7 +3,7 @@
 // history, like a user's session: each step starts from what the previous one left.
 
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { kvNumber, openBrowser, OUTPUT_DIR, screenshot, startServer, waitFor } from './harness.mjs';
@@ -260,6 +260,30 @@ function message(id, parentId, role, content, status, now) {
     sibling_index: 0,
   };
 }
+
+test('a hostile reply in an imported file renders as text and runs nothing', async () => {
+  // The real path end to end: the UI's JSON export of a stored conversation, a reply edited to carry markup, then
+  // the UI's import, which stores it and opens it.
+  await page.getByTestId('conversation-item').filter({ hasText: 'long story' }).first().getByRole('button').first().click();
+  await lastAssistant().waitFor();
+  await page.getByTestId('export').click();
+  const [download] = await Promise.all([page.waitForEvent('download'), page.getByTestId('export-json').click()]);
+  const exported = path.join(OUTPUT_DIR, 'downloads', `exported-${download.suggestedFilename()}`);
+  await download.saveAs(exported);
+  const document = JSON.parse(await readFile(exported, 'utf8'));
+  const entry = document.conversations[0];
+  entry.conversation.title = 'Imported hostile reply';
+  const reply = entry.messages.find((message) => message.role === 'assistant');
+  reply.content = 'Imported <img src=x onerror="window.__xss = 8"> <script>window.__xss = 9</script> [x](javascript:window.__xss=10)';
+  const hostile = path.join(OUTPUT_DIR, 'downloads', 'hostile-import.json');
+  await writeFile(hostile, JSON.stringify(document));
+  await page.getByTestId('import').setInputFiles(hostile);
+  await page.getByTestId('conversation-item').filter({ hasText: 'Imported hostile reply' }).waitFor();
+  const shown = assistantMessages().filter({ hasText: 'Imported' }).first();
+  await waitFor('the imported reply on screen', async () => (await shown.count()) > 0);
+  assert.match((await shown.textContent()) ?? '', /<img src=x onerror=/, 'the imported markup is shown as text');
+  await assertNothingRan(page.getByTestId('message-assistant'));
+});
 
 test('the page made no request to any other host and logged no errors', async () => {
   assert.deepEqual(foreign, [], 'requests to other hosts');
