@@ -18,6 +18,13 @@ export class Library {
     private readonly toasts: Toasts,
   ) {}
 
+  /** Keeps the list in step with changes the backend announces (the desktop shell's notices). */
+  follow(): void {
+    this.transport.onNotice((notice) => {
+      if (notice.kind === 'conversations_changed') void this.refresh();
+    });
+  }
+
   async refresh(): Promise<void> {
     try {
       this.conversations = sortConversations(await this.transport.list_conversations());

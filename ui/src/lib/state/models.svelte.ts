@@ -21,6 +21,18 @@ export class Models {
 
   async start(): Promise<void> {
     this.recent = loadRecentModels(localStorage);
+    // The desktop shell loads the default model in the background after the window opens, so the first answer
+    // below may say "no model" a moment before this notice says otherwise.
+    this.transport.onNotice((notice) => {
+      if (notice.kind === 'model_loaded') {
+        this.info = notice.model;
+        this.error = null;
+        this.remember(notice.model.path);
+      } else if (notice.kind === 'model_error') {
+        this.error = notice.error.message;
+        this.toasts.error(notice.error.message);
+      }
+    });
     try {
       const health = await this.transport.health();
       this.info = health.model;

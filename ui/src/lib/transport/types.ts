@@ -5,6 +5,7 @@
 // completion view.
 
 import type {
+  ApiError,
   ChatEvent,
   ConversationInfo,
   ConversationView,
@@ -77,6 +78,12 @@ export interface ImportDocumentArgs {
 /** Receives a generation's events in order, while it runs. */
 export type ChatEventHandler = (event: ChatEvent) => void;
 
+/** App-wide news the backend pushes without being asked: the desktop shell's events. */
+export type Notice =
+  | { kind: 'model_loaded'; model: ModelInfo }
+  | { kind: 'model_error'; error: ApiError }
+  | { kind: 'conversations_changed' };
+
 /**
  * Every method resolves to the server's answer or rejects with an `ApiError` (`{code, message}`), never anything
  * else: network failures and malformed answers become code `internal`. The generating methods call `onEvent` for
@@ -85,6 +92,12 @@ export type ChatEventHandler = (event: ChatEvent) => void;
  */
 export interface Transport {
   health(): Promise<Health>;
+  /**
+   * Calls `handler` for each notice from now on. The desktop shell sends them (the model it loads at start in the
+   * background, lists changed by another window); the HTTP server sends none, and the UI refreshes after its own
+   * calls anyway.
+   */
+  onNotice(handler: (notice: Notice) => void): void;
 
   load_model(request: LoadModelRequest): Promise<ModelInfo>;
   model_info(): Promise<ModelInfo | null>;
