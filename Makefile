@@ -20,7 +20,7 @@ run: system-deps build-release ui-build
 test: system-deps ui-build
 	$(CARGO) build --workspace --locked
 	$(DEBUG_BIN) fetch-model
-	$(CARGO) test --workspace --locked
+	python="$$(./scripts/python-venv.sh)" && SEPCHAT_TEST_PYTHON="$$python" $(CARGO) test --workspace --locked
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	cd ui && npm run check && npm test
 	cd ui && SEPCHAT_BIN=$(DEBUG_BIN) npm run e2e

@@ -7,6 +7,9 @@ missing=()
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+# The tests' OpenAI client runs in a virtual environment (scripts/python-venv.sh); Debian ships venv's pip
+# bootstrap (ensurepip) separately.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 # The web UI is built with npm; its browser tests drive Debian's chromium (never a downloaded browser).
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)

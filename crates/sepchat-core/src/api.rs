@@ -199,6 +199,27 @@ pub struct CompleteRequest {
     pub stream: StreamOptions,
 }
 
+/// One message of a [`ChatCompletionRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatTurn {
+    pub role: Role,
+    pub content: String,
+}
+
+/// A whole chat given by the caller, rendered with the model's chat template and continued: a conversation's turn
+/// with nothing stored (the server's OpenAI-compatible endpoint). A first `system` message is the system prompt;
+/// without one the app's default is used, as in a new conversation, and an empty one means none.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletionRequest {
+    pub messages: Vec<ChatTurn>,
+    #[serde(default)]
+    pub sampling: Sampling,
+    #[serde(default)]
+    pub cache_profile: Option<String>,
+    #[serde(default)]
+    pub stream: StreamOptions,
+}
+
 /// Where the conversation's KV cache came from for this reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -352,7 +373,7 @@ pub struct SendResult {
     pub snapshot: Option<SnapshotReport>,
 }
 
-/// A finished completion ([`CompleteRequest`]).
+/// A finished completion ([`CompleteRequest`] or [`ChatCompletionRequest`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CompleteResult {
     pub text: String,

@@ -1,4 +1,5 @@
-//! Generating replies: send, regenerate, edit, and raw completion. One turn, step by step:
+//! Generating replies: send, regenerate, edit, raw completion and chat completion (nothing stored). One turn, step
+//! by step:
 //!
 //! 1. The prompt is the branch up to the user's message, rendered with the model's chat template and tokenized
 //!    (before anything is stored, so a template error stores nothing).
@@ -23,8 +24,9 @@ use sepchat_store::{
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::api::{
-    self, ApiError, CacheSource, ChatEvent, CompleteRequest, CompleteResult, CompressionMarker, EditMessageRequest,
-    GenerationReport, RegenerateRequest, SendMessageRequest, SendResult, SnapshotReport, StreamOptions,
+    self, ApiError, CacheSource, ChatCompletionRequest, ChatEvent, CompleteRequest, CompleteResult, CompressionMarker,
+    EditMessageRequest, GenerationReport, RegenerateRequest, SendMessageRequest, SendResult, SnapshotReport,
+    StreamOptions,
 };
 use crate::app::{blocking, lock, App, LoadedModel};
 use crate::error::{CoreError, Result};
@@ -120,6 +122,24 @@ impl App {
         let app = self.clone();
         let sink: Sink = Arc::new(sink);
         let task = tokio::spawn(async move { app.run_complete(request, sink).await });
+        match task.await {
+            Ok(result) => result.map_err(ApiError::from),
+            Err(error) => Err(CoreError::Task(error.to_string()).into()),
+        }
+    }
+
+    /// Renders `request.messages` with the model's chat template (as a conversation's turn would be) and continues
+    /// them, storing nothing. The sink gets `Prefill`, `Kv` and `Token` events; the result is the return value. It
+    /// is a raw completion whose prompt is the rendered chat: it shares [`App::complete`]'s slot (one at a time,
+    /// `busy` otherwise) and engine session, and [`App::stop_completion`] stops it.
+    pub async fn chat_completion(
+        &self,
+        request: ChatCompletionRequest,
+        sink: impl Fn(ChatEvent) + Send + Sync + 'static,
+    ) -> Result<CompleteResult, ApiError> {
+        let app = self.clone();
+        let sink: Sink = Arc::new(sink);
+        let task = tokio::spawn(async move { app.run_chat_completion(request, sink).await });
         match task.await {
             Ok(result) => result.map_err(ApiError::from),
             Err(error) => Err(CoreError::Task(error.to_string()).into()),
@@ -439,17 +459,53 @@ impl App {
             return Err(CoreError::InvalidInput("the prompt is empty".into()));
         }
         let model = self.inner.loaded()?;
-        let claim = self.inner.claim(RAW_COMPLETION_KEY)?;
-        let config = prompt::cache_config(request.cache_profile.as_deref(), model.info.context_length)?;
-        let (sampling, max_tokens) = prompt::sampling_params(&request.sampling)?;
         let tokens = model.model().tokenizer().encode(&request.prompt)?;
+        let prompt = prompt::Prompt { tokens, protected_tokens: 0 };
+        self.run_raw(&model, prompt, &request.sampling, request.cache_profile.as_deref(), request.stream, sink).await
+    }
+
+    async fn run_chat_completion(&self, request: ChatCompletionRequest, sink: Sink) -> Result<CompleteResult> {
+        let mut turns = request.messages.as_slice();
+        if turns.is_empty() {
+            return Err(CoreError::InvalidInput("there are no messages to answer".into()));
+        }
+        // A leading system message takes the place of a conversation's system prompt, so that without one the
+        // app's default applies (and an empty one means none), as in a new conversation.
+        let system_prompt = match turns.split_first() {
+            Some((first, rest)) if first.role == Role::System => {
+                turns = rest;
+                Some(first.content.as_str())
+            }
+            _ => None,
+        };
+        let model = self.inner.loaded()?;
+        let messages =
+            prompt::chat_messages(system_prompt, turns.iter().map(|turn| (turn.role, turn.content.as_str())));
+        let built = prompt::build_prompt(model.model(), &messages)?;
+        self.run_raw(&model, built, &request.sampling, request.cache_profile.as_deref(), request.stream, sink).await
+    }
+
+    /// Generates from `prompt` in the raw completions' session, storing nothing.
+    async fn run_raw(
+        &self,
+        model: &Arc<LoadedModel>,
+        prompt: prompt::Prompt,
+        sampling: &api::Sampling,
+        cache_profile: Option<&str>,
+        stream: StreamOptions,
+        sink: Sink,
+    ) -> Result<CompleteResult> {
+        let claim = self.inner.claim(RAW_COMPLETION_KEY)?;
+        let config = prompt::cache_config(cache_profile, model.info.context_length)?;
+        let (sampling, max_tokens) = prompt::sampling_params(sampling)?;
         let (events, receiver) = mpsc::channel();
-        let mut generate = GenerateRequest::new(RAW_SESSION, tokens, sampling, max_tokens, events);
+        let mut generate = GenerateRequest::new(RAW_SESSION, prompt.tokens, sampling, max_tokens, events);
         generate.cache = Some(config.clone());
+        generate.protected_tokens = prompt.protected_tokens;
         generate.cancel = claim.cancel.clone();
         lock(&self.inner.sessions).touch(RAW_SESSION);
         model.engine.submit(generate)?;
-        let mut streamer = Streamer { sink: &sink, kv: KvThrottle::new(request.stream.kv_every_step), reply: None };
+        let mut streamer = Streamer { sink: &sink, kv: KvThrottle::new(stream.kv_every_step), reply: None };
         Ok(match streamer.run(bridge(receiver)).await {
             Ending::Finished(summary) => {
                 CompleteResult { text: summary.text.clone(), error: None, report: generation_report(&summary, &config) }

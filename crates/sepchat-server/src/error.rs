@@ -27,6 +27,11 @@ impl Failure {
             "too many replies are being generated or waiting; try again shortly",
         )
     }
+
+    /// The server is shutting down: it starts nothing new.
+    pub fn closing() -> Failure {
+        Failure::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Busy, "the server is shutting down")
+    }
 }
 
 /// The status for each stable code. `busy` from the App (this conversation, or the one raw completion, is already

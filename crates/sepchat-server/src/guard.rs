@@ -2,7 +2,9 @@
 //! browser send requests to 127.0.0.1, and a DNS name rebound to 127.0.0.1 makes them same-origin to that page.
 //! So every request must name this server in `Host` (a rebound name does not match), an `Origin` header, when
 //! present, must be this server's own, and a POST must be `application/json` (which a cross-site page can only
-//! send after a CORS preflight, which this server never grants). Every response carries a strict CSP.
+//! send after a CORS preflight, which this server never grants). Every response carries a strict CSP. The
+//! OpenAI-compatible routes under `/v1` pass the same checks: their clients are programs, which send no `Origin`
+//! and send JSON anyway, while a web page elsewhere is refused there as everywhere.
 
 use std::sync::Arc;
 
@@ -13,10 +15,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use sepchat_core::api::ErrorCode;
 use tower::ServiceBuilder;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::error::Failure;
+use crate::openai::{self, OpenAiError};
 
 /// Only this server's own files: no remote scripts, styles, images, fonts or connections, no plugins, no framing.
 pub const CONTENT_SECURITY_POLICY: &str =
@@ -39,8 +41,9 @@ impl Policy {
     }
 }
 
-/// The routes behind the checks, with the security headers on every answer (refusals included).
-pub(crate) fn protect(routes: Router, port: u16, body_limit: usize) -> Router {
+/// The routes behind the checks, with the security headers on every answer (refusals included). Body limits are
+/// the routes' own (`Server::bind`): uploads get a larger one.
+pub(crate) fn protect(routes: Router, port: u16) -> Router {
     let policy = Arc::new(Policy::new(port));
     let header = |name: HeaderName, value: &'static str| {
         SetResponseHeaderLayer::overriding(name, HeaderValue::from_static(value))
@@ -53,19 +56,21 @@ pub(crate) fn protect(routes: Router, port: u16, body_limit: usize) -> Router {
             .layer(header(header::X_FRAME_OPTIONS, "DENY"))
             .layer(header(HeaderName::from_static("cross-origin-opener-policy"), "same-origin"))
             .layer(header(HeaderName::from_static("cross-origin-resource-policy"), "same-origin"))
-            .layer(middleware::from_fn_with_state(policy, check))
-            // A declared length over the limit is refused before any of the body is read; a chunked body is cut
-            // off at the limit while it is read.
-            .layer(RequestBodyLimitLayer::new(body_limit)),
+            .layer(middleware::from_fn_with_state(policy, check)),
     )
 }
 
 async fn check(State(policy): State<Arc<Policy>>, request: Request, next: Next) -> Response {
     let headers = request.headers();
+    let path = request.uri().path();
     let Some(host) = policy.host(headers) else {
         let named = headers.get(header::HOST).map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
         tracing::warn!(host = ?named, "refused a request for another host (DNS rebinding?)");
-        return refuse(StatusCode::MISDIRECTED_REQUEST, "this server only answers to 127.0.0.1, localhost and [::1]");
+        return refuse(
+            path,
+            StatusCode::MISDIRECTED_REQUEST,
+            "this server only answers to 127.0.0.1, localhost and [::1]",
+        );
     };
     if let Some(origin) = headers.get(header::ORIGIN) {
         // Same origin: the scheme is always http, and the host and port are those the request was sent to.
@@ -76,11 +81,11 @@ async fn check(State(policy): State<Arc<Policy>>, request: Request, next: Next) 
             .is_some_and(|origin_host| origin_host.eq_ignore_ascii_case(host));
         if !own {
             tracing::warn!(origin = ?origin, "refused a request from another origin");
-            return refuse(StatusCode::FORBIDDEN, "requests from other origins are refused");
+            return refuse(path, StatusCode::FORBIDDEN, "requests from other origins are refused");
         }
     }
     if ![Method::GET, Method::HEAD].contains(request.method()) && !is_json(headers) {
-        return refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, "the body must be application/json");
+        return refuse(path, StatusCode::UNSUPPORTED_MEDIA_TYPE, "the body must be application/json");
     }
     next.run(request).await
 }
@@ -94,8 +99,13 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
 }
 
-fn refuse(status: StatusCode, message: &str) -> Response {
-    Failure::new(status, ErrorCode::InvalidInput, message).into_response()
+/// A refusal in the format the path's clients read: OpenAI's under `/v1`, the App's `{code, message}` elsewhere.
+fn refuse(path: &str, status: StatusCode, message: &str) -> Response {
+    if openai::is_api_path(path) {
+        OpenAiError::new(status, message).into_response()
+    } else {
+        Failure::new(status, ErrorCode::InvalidInput, message).into_response()
+    }
 }
 
 #[cfg(test)]

@@ -15,25 +15,39 @@
 //! without a preflight) or is over the size limit. Generations are bounded: past [`ServerConfig::max_generations`]
 //! running or waiting, a new one is answered `503 busy` at once. A client that closes an event stream stops its
 //! generation, so an abandoned tab does not keep the engine busy.
+//!
+//! With [`ServerConfig::api`] set, the same server also answers OpenAI's `/v1/models` and `/v1/chat/completions`
+//! (`openai.rs`) for existing clients, behind a bearer token; without it those routes do not exist.
+//!
+//! Request bodies are bounded at [`ServerConfig::body_limit`], except uploads (`import_document`, a whole JSON
+//! export), which get [`ServerConfig::upload_body_limit`]. [`Server::run`] shuts down gracefully: it stops
+//! accepting, stops the generations in progress through the App (their replies are stored `stopped`), and waits up
+//! to [`SHUTDOWN_GRACE`] for them to be stored.
 
 mod error;
 mod guard;
+mod openai;
 mod rpc;
 mod stream;
 mod ui;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use sepchat_core::App;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
+use tower_http::limit::RequestBodyLimitLayer;
 
 pub use guard::CONTENT_SECURITY_POLICY;
+pub use openai::{ApiToken, ApiTokenError, MIN_API_TOKEN_CHARS};
 pub use rpc::METHODS;
 
 /// The port tried first when none is asked for: a fixed one keeps the UI's origin (and so its local settings)
@@ -42,6 +56,15 @@ pub const DEFAULT_PORT: u16 = 7341;
 
 /// The largest request body: requests are small JSON objects (a message, settings, a path).
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+/// The largest upload (`import_document`: the text of a JSON export, which holds whole conversations with their
+/// stats). Big enough for years of history; still a bound, so a runaway client cannot exhaust memory.
+pub const DEFAULT_UPLOAD_BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+/// How long a shutdown waits for stopped generations to be stored and open responses to end. A stopped reply is
+/// stored within a decode step or a prefill chunk; a reply still `streaming` past this is marked `interrupted` on the
+/// next start, its text kept.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Generations running or waiting at once. The engine runs one at a time and queues the rest, so this bounds
 /// how long a request can wait; past it the answer is `busy` at once.
@@ -54,7 +77,12 @@ pub struct ServerConfig {
     /// The built UI (a folder with `index.html`); absent or missing: `/` says the UI is not built.
     pub ui_dir: Option<PathBuf>,
     pub body_limit: usize,
+    /// The body limit of uploads (`import_document`).
+    pub upload_body_limit: usize,
     pub max_generations: usize,
+    /// The OpenAI-compatible API under `/v1`, answering requests that carry this bearer token. `None` (the
+    /// default): off, and `/v1` does not exist.
+    pub api: Option<ApiToken>,
 }
 
 impl Default for ServerConfig {
@@ -63,7 +91,9 @@ impl Default for ServerConfig {
             port: None,
             ui_dir: None,
             body_limit: DEFAULT_BODY_LIMIT,
+            upload_body_limit: DEFAULT_UPLOAD_BODY_LIMIT,
             max_generations: DEFAULT_MAX_GENERATIONS,
+            api: None,
         }
     }
 }
@@ -82,6 +112,8 @@ pub(crate) struct AppState {
     pub app: App,
     /// One permit per generation running or waiting.
     pub generations: Arc<Semaphore>,
+    /// Turns `true` when the server starts shutting down: generations stop and no new one starts.
+    pub closing: watch::Receiver<bool>,
 }
 
 /// A server bound to its port, not yet answering (so the caller can print the URL first).
@@ -89,6 +121,9 @@ pub struct Server {
     listener: TcpListener,
     addr: SocketAddr,
     router: Router,
+    closing: watch::Sender<bool>,
+    generations: Arc<Semaphore>,
+    max_generations: usize,
 }
 
 impl Server {
@@ -106,10 +141,24 @@ impl Server {
             },
         };
         let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: loopback(0), source })?;
-        let state = AppState { app, generations: Arc::new(Semaphore::new(config.max_generations)) };
-        let routes = rpc::router(state).merge(ui::router(config.ui_dir.as_deref()));
-        let router = guard::protect(routes, addr.port(), config.body_limit);
-        Ok(Server { listener, addr, router })
+        let generations = Arc::new(Semaphore::new(config.max_generations));
+        let (closing, closing_receiver) = watch::channel(false);
+        let state = AppState { app, generations: generations.clone(), closing: closing_receiver };
+        let (requests, uploads) = rpc::routers(state.clone());
+        let mut requests = requests.merge(ui::router(config.ui_dir.as_deref()));
+        if let Some(token) = config.api {
+            requests = requests.merge(openai::router(state, token));
+        }
+        // A declared length over the limit is refused before any of the body is read; a chunked body is cut off at
+        // the limit while it is read. axum's own default limit (2 MB) would cut uploads short, so they raise it.
+        let routes = requests.layer(RequestBodyLimitLayer::new(config.body_limit)).merge(
+            uploads
+                .layer(DefaultBodyLimit::max(config.upload_body_limit))
+                .layer(RequestBodyLimitLayer::new(config.upload_body_limit)),
+        );
+        let router = guard::protect(routes, addr.port());
+        let max_generations = config.max_generations;
+        Ok(Server { listener, addr, router, closing, generations, max_generations })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -121,14 +170,41 @@ impl Server {
         format!("http://{}/", self.addr)
     }
 
-    /// Answers requests until `shutdown` completes. Open event streams are not waited for: their generations go
-    /// on in the App (a reply still finishes and is stored) while the process lives.
+    /// Answers requests until `shutdown` completes, then shuts down gracefully: no new connection or generation is
+    /// accepted, the generations in progress are stopped through the App (a reply is stored `stopped` with its text),
+    /// and the open responses (their event streams end with their generations) and the stores are waited for, up to
+    /// [`SHUTDOWN_GRACE`] in all. Past it, what is left is dropped with a warning.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
-        let serve = axum::serve(self.listener, self.router);
+        let Server { listener, router, closing, generations, max_generations, .. } = self;
+        let mut closed = closing.subscribe();
+        let serve = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                // The sender lives until `run` returns, so this only completes on a shutdown.
+                let _ = closed.wait_for(|closing| *closing).await;
+            })
+            .into_future();
+        tokio::pin!(serve);
         tokio::select! {
-            result = serve => result.map_err(ServerError::Serve),
-            () = shutdown => Ok(()),
+            result = &mut serve => return result.map_err(ServerError::Serve),
+            () = shutdown => {}
         }
+        tracing::info!("shutting down: stopping the generations in progress");
+        closing.send_replace(true);
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        match tokio::time::timeout_at(deadline, &mut serve).await {
+            Ok(result) => result.map_err(ServerError::Serve)?,
+            Err(_) => tracing::warn!(grace = ?SHUTDOWN_GRACE, "responses still open at the end of the shutdown grace"),
+        }
+        // A generation whose client already left has no response to wait for, but it is stored only when its task
+        // ends, which returns its permit: all permits back means every generation is stored.
+        let all = u32::try_from(max_generations).unwrap_or(u32::MAX);
+        match tokio::time::timeout_at(deadline, generations.acquire_many(all)).await {
+            Ok(_) => tracing::info!("every generation is stored"),
+            Err(_) => {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "generations still running at the end of the shutdown grace")
+            }
+        }
+        Ok(())
     }
 }
 

@@ -259,49 +259,57 @@ async fn unknown_method() -> Response {
     Failure::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such method").into_response()
 }
 
-/// The route table: each name is an App method and the handler of the same name above.
+/// The route table: each name is an App method and the handler of the same name above. `uploads` are the methods
+/// whose body is a whole file (a JSON export), served with the larger upload body limit.
 macro_rules! rpc_table {
-    ($($method:ident),* $(,)?) => {
+    (methods: [$($method:ident),* $(,)?], uploads: [$($upload:ident),* $(,)?] $(,)?) => {
         /// Every method served under `/rpc/`, as named in the App.
-        pub const METHODS: &[&str] = &[$(stringify!($method)),*];
+        pub const METHODS: &[&str] = &[$(stringify!($method),)* $(stringify!($upload)),*];
 
-        pub(crate) fn router(state: AppState) -> axum::Router {
-            Router::new()
+        /// The routes of ordinary requests, and those of uploads, apart so each can get its body limit.
+        pub(crate) fn routers(state: AppState) -> (Router, Router) {
+            let requests = Router::new()
                 $(.route(concat!("/rpc/", stringify!($method)), post($method)))*
                 .route("/rpc/{method}", axum::routing::any(unknown_method))
                 .route("/api/health", get(health))
-                .with_state(state)
+                .with_state(state.clone());
+            let uploads = Router::new()
+                $(.route(concat!("/rpc/", stringify!($upload)), post($upload)))*
+                .with_state(state);
+            (requests, uploads)
         }
     };
 }
 
-rpc_table![
-    load_model,
-    model_info,
-    create_conversation,
-    list_conversations,
-    list_trash,
-    get_conversation,
-    rename_conversation,
-    pin_conversation,
-    delete_conversation,
-    restore_conversation,
-    purge_conversation,
-    empty_trash,
-    search,
-    set_system_prompt,
-    set_sampling,
-    set_cache_profile,
-    send_message,
-    regenerate,
-    edit_message,
-    complete,
-    stop,
-    stop_completion,
-    is_generating,
-    switch_branch,
-    export,
-    render_export,
-    import,
-    import_document,
-];
+rpc_table! {
+    methods: [
+        load_model,
+        model_info,
+        create_conversation,
+        list_conversations,
+        list_trash,
+        get_conversation,
+        rename_conversation,
+        pin_conversation,
+        delete_conversation,
+        restore_conversation,
+        purge_conversation,
+        empty_trash,
+        search,
+        set_system_prompt,
+        set_sampling,
+        set_cache_profile,
+        send_message,
+        regenerate,
+        edit_message,
+        complete,
+        stop,
+        stop_completion,
+        is_generating,
+        switch_branch,
+        export,
+        render_export,
+        import,
+    ],
+    uploads: [import_document],
+}

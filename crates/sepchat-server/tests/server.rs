@@ -421,3 +421,37 @@ async fn a_client_that_leaves_stops_the_reply() {
     let generating: bool = server.call("is_generating", json!({"conversation_id": conversation.id})).await;
     assert!(!generating);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_get_a_larger_body_limit_and_nothing_else_does() {
+    let server = TestServer::start(false, ServerConfig::default()).await;
+    let created: ConversationInfo = server.call("create_conversation", json!({"title": "Big"})).await;
+    let document: String =
+        server.call("render_export", json!({"conversation_ids": [created.id], "format": "json"})).await;
+    let mut parsed: Value = serde_json::from_str(&document).expect("the export is JSON");
+    // 20 MB in one field: far over the ordinary limit, well under the upload limit.
+    let big = "x".repeat(20 * 1024 * 1024);
+    parsed["conversations"][0]["conversation"]["system_prompt"] = json!(big);
+    let body = json!({ "document": parsed.to_string() });
+    assert!(body.to_string().len() > 20 * 1024 * 1024);
+    let imported: Value = server.call("import_document", body).await;
+    let copy_id = imported["conversation_ids"][0].as_i64().expect("an imported id");
+    let copy: ConversationView = server.call("get_conversation", json!({"conversation_id": copy_id})).await;
+    assert_eq!(copy.conversation.system_prompt.as_deref().map(str::len), Some(big.len()));
+
+    // Every other route keeps the ordinary limit, refused on the declared length before any of it is read.
+    for path in ["/rpc/create_conversation", "/rpc/import", "/rpc/list_conversations", "/rpc/nonexistent", "/"] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {{host}}\r\nContent-Type: application/json\r\nContent-Length: 20971520\r\n\r\n"
+        );
+        let refused = raw_response(&server.base, &head).await;
+        assert!(refused.starts_with("HTTP/1.1 413 "), "{path}: {refused}");
+    }
+    // And uploads have a limit too.
+    let over = sepchat_server::DEFAULT_UPLOAD_BODY_LIMIT + 1;
+    let head = format!(
+        "POST /rpc/import_document HTTP/1.1\r\nHost: {{host}}\r\nContent-Type: application/json\r\nContent-Length: {over}\r\n\r\n"
+    );
+    let refused = raw_response(&server.base, &head).await;
+    assert!(refused.starts_with("HTTP/1.1 413 "), "{refused}");
+}
