@@ -7,16 +7,24 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/sepchat/cargo-target
 CARGO ?= cargo
 RELEASE_BIN := $(CARGO_TARGET_DIR)/release/sepchat
 DEBUG_BIN := $(CARGO_TARGET_DIR)/debug/sepchat
+DESKTOP_RELEASE_BIN := $(CARGO_TARGET_DIR)/release/sepchat-desktop
+DESKTOP_DEBUG_BIN := $(CARGO_TARGET_DIR)/debug/sepchat-desktop
 
 .PHONY: run test system-deps ui-deps ui-build fetch-model build-release bench eval-ppl eval-stream fmt lint
 
-## run: build the app and the web UI, fetch the default model, and serve the UI on 127.0.0.1 (the URL is printed).
+## run: build the web UI and the app, fetch the default model, and open the desktop window; with no display (no
+## DISPLAY or WAYLAND_DISPLAY, and not macOS) serve the same UI on 127.0.0.1 instead and print its URL.
 run: system-deps build-release ui-build
 	$(RELEASE_BIN) fetch-model
-	$(RELEASE_BIN) serve --ui-dir ui/dist
+	@if [ "$$(uname -s)" = Darwin ] || [ -n "$${DISPLAY:-}" ] || [ -n "$${WAYLAND_DISPLAY:-}" ]; then \
+	  $(CARGO) build --release --locked -p sepchat-desktop && exec $(DESKTOP_RELEASE_BIN); \
+	else \
+	  echo "no display: serving the UI for a browser instead of opening the desktop window"; \
+	  exec $(RELEASE_BIN) serve --ui-dir ui/dist; \
+	fi
 
 ## test: the whole test suite, with the real default model: Rust, then the UI's unit tests, then the browser tests
-## against the real `sepchat serve`.
+## against the real `sepchat serve`, then the real desktop window under Xvfb over WebDriver.
 test: system-deps ui-build
 	$(CARGO) build --workspace --locked
 	$(DEBUG_BIN) fetch-model
@@ -24,6 +32,9 @@ test: system-deps ui-build
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	cd ui && npm run check && npm test
 	cd ui && SEPCHAT_BIN=$(DEBUG_BIN) npm run e2e
+	./scripts/install-tauri-driver.sh
+	python="$$(./scripts/python-venv.sh)" && xvfb-run -a -s "-screen 0 1280x800x24" \
+	  "$$python" tests/e2e/desktop_window.py $(DESKTOP_DEBUG_BIN) ui/test-output/screenshots/desktop-window.png
 
 # The UI's npm packages, reinstalled only when the lock file changed (the stamp is newer otherwise).
 UI_STAMP := ui/node_modules/.sepchat-installed

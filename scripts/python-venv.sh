@@ -1,15 +1,27 @@
 #!/usr/bin/env bash
-# The Python the tests drive the OpenAI-compatible API with: a virtual environment outside the clone (so a fresh
-# clone reuses it) holding the `openai` package at a pinned version. Idempotent: nothing is created or installed
-# when the environment already has that version. Prints the environment's interpreter, the only line on stdout.
+# The Python the tests run: a virtual environment outside the clone (so a fresh clone reuses it) holding, at pinned
+# versions, the `openai` package (the real OpenAI client against `sepchat serve --api`) and selenium + Pillow (the
+# desktop window's end-to-end test: a keep-alive WebDriver client, and the screenshot check). Idempotent: nothing is
+# created or installed when the environment already has those versions. Prints the environment's interpreter, the
+# only line on stdout.
 set -euo pipefail
 
-OPENAI_VERSION=3.51.0
+PACKAGES=(openai==3.51.0 selenium==4.51.0 pillow==13.0.0)
 venv="${SEPCHAT_VENV:-$HOME/.cache/sepchat/venv}"
 python="$venv/bin/python"
 
 installed() {
-  "$python" -c "import sys, openai; sys.exit(openai.__version__ != '$OPENAI_VERSION')" >/dev/null 2>&1
+  "$python" - "${PACKAGES[@]}" >/dev/null 2>&1 <<'PY'
+import sys
+from importlib.metadata import version, PackageNotFoundError
+for pinned in sys.argv[1:]:
+    name, wanted = pinned.split("==")
+    try:
+        if version(name) != wanted:
+            sys.exit(1)
+    except PackageNotFoundError:
+        sys.exit(1)
+PY
 }
 
 if ! installed; then
@@ -18,8 +30,8 @@ if ! installed; then
     # Debian splits venv support out (python3-venv); scripts/install-system-deps.sh installs it.
     python3 -m venv "$venv" >&2
   fi
-  echo "installing openai==$OPENAI_VERSION into $venv" >&2
-  "$python" -m pip install --quiet --disable-pip-version-check "openai==$OPENAI_VERSION" >&2
-  installed || { echo "openai==$OPENAI_VERSION is still not importable from $python" >&2; exit 1; }
+  echo "installing ${PACKAGES[*]} into $venv" >&2
+  "$python" -m pip install --quiet --disable-pip-version-check "${PACKAGES[@]}" >&2
+  installed || { echo "${PACKAGES[*]} are still not all installed in $venv" >&2; exit 1; }
 fi
 echo "$python"
