@@ -20,6 +20,7 @@ desktop_commands![
     set_system_prompt,
     set_sampling,
     set_cache_profile,
+    cache_map,
     send_message,
     regenerate,
     edit_message,

@@ -12,9 +12,9 @@ use tauri::ipc::Channel;
 use tauri::{AppHandle, State};
 
 use sepchat_core::api::{
-    ApiError, ChatEvent, CompleteRequest, CompleteResult, ConversationInfo, ConversationView, EditMessageRequest,
-    ExportFormat, ExportRequest, ExportResult, ImportRequest, ImportResult, LoadModelRequest, ModelInfo,
-    NewConversationRequest, RegenerateRequest, Sampling, SearchHit, SendMessageRequest, SendResult,
+    ApiError, CacheMap, ChatEvent, CompleteRequest, CompleteResult, ConversationInfo, ConversationView,
+    EditMessageRequest, ExportFormat, ExportRequest, ExportResult, ImportRequest, ImportResult, LoadModelRequest,
+    ModelInfo, NewConversationRequest, RegenerateRequest, Sampling, SearchHit, SendMessageRequest, SendResult,
 };
 
 use crate::body::Body;
@@ -77,6 +77,15 @@ pub struct CacheProfileArgs {
     pub conversation_id: i64,
     #[serde(default)]
     pub cache_profile: Option<String>,
+}
+
+/// `{"conversation_id": ..., "cache": "dense"}` (`cache` absent: the conversation's own setting).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheMapArgs {
+    pub conversation_id: i64,
+    #[serde(default)]
+    pub cache: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -253,6 +262,12 @@ pub async fn set_cache_profile(
 ) -> Answer<ConversationInfo> {
     let Body(args) = args;
     changed(&handle, "set_cache_profile", desktop.app.set_cache_profile(args.conversation_id, args.cache_profile).await)
+}
+
+#[tauri::command(rename_all = "snake_case")]
+pub async fn cache_map(desktop: State<'_, Desktop>, args: Body<CacheMapArgs>) -> Answer<CacheMap> {
+    let Body(args) = args;
+    desktop.app.cache_map(args.conversation_id, args.cache).await
 }
 
 // ---- Chat ----

@@ -111,6 +111,57 @@ test('a reply streams in while the KV panel counts tokens, and the small cache c
   await screenshot(page, 'chat-with-kv-panel');
 });
 
+test('the token map shades the text by what the cache holds, and the A/B switch simulates other settings', async () => {
+  const live = {
+    seen: await kvNumber(page, 'kv-tokens-seen'),
+    held: await kvNumber(page, 'kv-slots-held'),
+    compressions: await kvNumber(page, 'kv-compressions'),
+  };
+  const abButton = (profile) => page.getByTestId('kv-ab-switch').locator(`button[data-profile="${profile}"]`);
+  const specShown = (prefix) =>
+    waitFor(`the ${prefix} simulation`, async () =>
+      ((await page.getByTestId('kv-spec').textContent().catch(() => '')) ?? '').startsWith(prefix),
+    );
+
+  // The conversation's own setting, simulated on its history, must give the numbers the engine reported.
+  await abButton('current').click();
+  await page.getByTestId('kv-simulated').waitFor();
+  await specShown('sep:a=4,s=16,w=32,c=64');
+  const simulated = {
+    seen: await kvNumber(page, 'kv-tokens-seen'),
+    held: await kvNumber(page, 'kv-slots-held'),
+    compressions: await kvNumber(page, 'kv-compressions'),
+  };
+  assert.deepEqual(simulated, live, 'the simulation of the live setting differs from the live readout');
+
+  // The token map: evicted text, harvested separators and the local window, each a span of its own.
+  await page.getByTestId('kv-token-map-toggle').click();
+  const spans = (state) => page.locator(`[data-testid="token-map"] span[data-state="${state}"]`);
+  await spans('evicted').first().waitFor();
+  for (const state of ['evicted', 'separator', 'local']) {
+    assert.ok((await spans(state).count()) > 0, `no ${state} span in the token map`);
+  }
+  const reply = (await lastAssistant().locator('[data-testid="token-map"]').textContent()) ?? '';
+  assert.match(reply, /\S/, 'the token map shows the reply text');
+  await screenshot(page, 'token-map');
+
+  // Dense on the same history: nothing compressed, every byte a dense cache needs.
+  await abButton('dense').click();
+  await specShown('dense');
+  assert.equal(await kvNumber(page, 'kv-compressions'), 0);
+  assert.equal(await kvNumber(page, 'kv-bytes-held'), await kvNumber(page, 'kv-bytes-dense'));
+  assert.equal(await kvNumber(page, 'kv-tokens-seen'), live.seen);
+  assert.equal(await spans('evicted').count(), 0, 'a dense cache evicts nothing');
+  assert.ok(await page.getByTestId('kv-ab-apply').isVisible(), 'no way to use the simulated profile');
+
+  // Back to the live readout and plain Markdown.
+  await abButton('live').click();
+  await page.getByTestId('kv-token-map-toggle').click();
+  await waitFor('the token map gone', async () => (await page.getByTestId('token-map').count()) === 0);
+  assert.equal(await page.getByTestId('kv-simulated').count(), 0);
+  assert.equal(await kvNumber(page, 'kv-compressions'), live.compressions);
+});
+
 test('stop keeps the partial reply, marked stopped', async () => {
   await send('Now write a very long essay about the history of the oceans, with many details.');
   await waitFor('some reply text', async () => ((await lastAssistant().textContent()) ?? '').trim().length > 10, {

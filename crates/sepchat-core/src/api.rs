@@ -303,6 +303,49 @@ impl From<&sepchat_engine::KvStats> for KvStats {
     }
 }
 
+/// What a cache still holds of a piece of a message's text (the token map): the block of the slots holding its
+/// tokens, `evicted`, or `unseen` (never fed: a message with no reply after it, or text the template leaves out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenState {
+    Initial,
+    Separator,
+    Past,
+    Local,
+    Evicted,
+    Unseen,
+}
+
+/// A run of a message's text whose tokens share one state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheMapSegment {
+    pub text: String,
+    pub state: TokenState,
+}
+
+/// One message of the branch; its segments concatenate to exactly its content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageCacheMap {
+    pub message_id: i64,
+    pub segments: Vec<CacheMapSegment>,
+}
+
+/// `App::cache_map`: a conversation's active branch replayed, turn by turn as the engine fed it, through a cache of
+/// some setting without running the model (the KV panel's A/B switch and token map).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheMap {
+    pub conversation_id: i64,
+    /// The setting simulated, as a full spec.
+    pub cache_spec: String,
+    /// The readout that cache would show after this history.
+    pub stats: KvStats,
+    /// The branch's messages, root first.
+    pub messages: Vec<MessageCacheMap>,
+    /// False when a reply's stored text tokenizes to another number of tokens than the model generated (its ids
+    /// are not stored, so replies are re-tokenized): the numbers may then be off by those tokens.
+    pub exact: bool,
+}
+
 /// What a generation streams to its sink, in order: `Started` and `Session` (chat only), `Prefill` while the
 /// prompt is fed (after each chunk: a replay shows progress), `Kv` and `Token` while it runs, `Compression` when
 /// the cache compacts, and `Finished` last (chat only; a completion's result is the method's return value).

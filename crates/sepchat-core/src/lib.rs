@@ -13,6 +13,7 @@
 //! turn step by step and `session.rs` for the session bookkeeping.
 
 mod app;
+mod cache_map;
 mod chat;
 mod error;
 mod fingerprint;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::cache_map::{Counters, SlotBook};
 use crate::cache_policy::Blocks;
 pub use crate::cache_policy::{CacheConfig, CachePolicy, CompactionTiming, RopePositions, SepParams};
 use crate::error::{EngineError, Result};
@@ -133,21 +134,15 @@ pub struct KvStats {
 
 /// The cache of one conversation.
 pub struct KvCache {
-    config: CacheConfig,
     shape: KvShape,
     rope: RopeSpec,
-    separators: Arc<SeparatorSet>,
     device: Device,
     layers: Vec<LayerBuffers>,
     /// Slots the buffers have room for; grows geometrically up to the policy's capacity.
     allocated: usize,
-    /// Token id held in each slot, in slot order.
-    slot_tokens: Vec<u32>,
-    /// Stream position (0-based index in the whole conversation) of each slot's token.
-    slot_stream_positions: Vec<usize>,
-    /// a, raised to cover a chat's system turn.
-    initial_limit: usize,
-    blocks: Blocks,
+    /// Slot tokens, stream positions, blocks and counters: shared with the tensor-free
+    /// [`crate::cache_map::CacheSimulator`], so the UI's simulations cannot drift from the engine.
+    book: SlotBook,
     /// With cache-slot positions, the key of slot i is rotated at position `i + rope_offset`.
     /// RoPE scores depend only on the difference of positions, so this equals giving slot i the
     /// position i, while a compaction leaves the kept tail of the cache unrotated (see `gather`).
@@ -158,19 +153,6 @@ pub struct KvCache {
     /// one position is below half an f16 ulp for the slow RoPE pairs and would round to nothing).
     pristine_initial: Vec<Tensor>,
     pristine_offset: usize,
-    tokens_seen: usize,
-    counters: Counters,
-}
-
-/// Running totals behind the averaged statistics.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
-struct Counters {
-    slots_sum: f64,
-    kept_ratio_sum: f64,
-    slots_peak: usize,
-    dropped_separators: usize,
-    dropped_other: usize,
-    compactions: usize,
 }
 
 /// A KV snapshot file starts with these 8 bytes, then the JSON header's length (u64 little-endian),
@@ -233,107 +215,89 @@ impl KvCache {
         separators: Arc<SeparatorSet>,
         device: &Device,
     ) -> Self {
-        let initial_limit = config.policy.initial();
         Self {
-            config,
             shape,
             rope,
-            separators,
             device: device.clone(),
             layers: Vec::new(),
             allocated: 0,
-            slot_tokens: Vec::new(),
-            slot_stream_positions: Vec::new(),
-            initial_limit,
-            blocks: Blocks::default(),
+            book: SlotBook::new(config, separators, shape.bytes_per_slot()),
             rope_offset: 0,
             pristine_initial: Vec::new(),
             pristine_offset: 0,
-            tokens_seen: 0,
-            counters: Counters::default(),
         }
     }
 
     pub fn config(&self) -> &CacheConfig {
-        &self.config
+        &self.book.config
     }
 
     pub fn policy(&self) -> &CachePolicy {
-        &self.config.policy
+        &self.book.config.policy
     }
 
     /// Slots held now (L).
     pub fn len(&self) -> usize {
-        self.slot_tokens.len()
+        self.book.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.slot_tokens.is_empty()
+        self.book.is_empty()
     }
 
     /// Token ids held, in slot order.
     pub fn slot_tokens(&self) -> &[u32] {
-        &self.slot_tokens
+        self.book.slot_tokens()
     }
 
     /// Stream position of every slot, in slot order.
     pub fn slot_stream_positions(&self) -> &[usize] {
-        &self.slot_stream_positions
+        self.book.slot_stream_positions()
     }
 
     pub fn tokens_seen(&self) -> usize {
-        self.tokens_seen
+        self.book.tokens_seen()
     }
 
     /// Compactions so far; while 0 the cache holds exactly the stream's tokens.
     pub fn compactions(&self) -> usize {
-        self.counters.compactions
+        self.book.compactions()
     }
 
     pub fn separators(&self) -> &SeparatorSet {
-        &self.separators
+        &self.book.separators
+    }
+
+    /// The slot bookkeeping without the tensors (what [`crate::cache_map`] simulates).
+    pub fn book(&self) -> &SlotBook {
+        &self.book
     }
 
     /// Raises the initial block to cover the first `tokens` of the stream (a chat's system
     /// turn, so the persona is never evicted). Refused once a compaction has happened, or when
     /// the block would leave no room for the rest of the policy.
     pub fn protect_initial(&mut self, tokens: usize) -> Result<()> {
-        let policy = &self.config.policy;
-        if !policy.evicts() || tokens <= self.initial_limit {
-            return Ok(());
-        }
-        let others =
-            policy.separator_limit() + if matches!(policy, CachePolicy::Sep(_)) { policy.local_limit() } else { 0 };
-        if self.counters.compactions > 0 || tokens + others >= policy.capacity() {
-            return Err(EngineError::InitialBlockTooLarge { tokens, policy: self.config.to_string() });
-        }
-        self.initial_limit = tokens;
-        Ok(())
+        self.book.protect_initial(tokens)
     }
 
     /// The longest chunk [`KvCache::reserve`] always accepts: prompts are prefilled in pieces
     /// no longer than this, so attention never sees more than c keys.
     pub fn max_chunk(&self) -> usize {
-        self.config.policy.max_chunk(self.initial_limit)
+        self.book.max_chunk()
     }
 
     /// Makes room for `n_new` tokens: compacts first when the policy evicts and the chunk would
     /// pass c, grows the buffers, or refuses when the chunk cannot fit. Called once per chunk,
     /// before any layer is written.
     pub fn reserve(&mut self, n_new: usize) -> Result<()> {
-        let capacity = self.config.policy.capacity();
         // After-step compaction lets attention see one key more than c, as the reference protocol does.
-        let slack = usize::from(self.config.timing == CompactionTiming::AfterStep && self.config.policy.evicts());
-        let limit = capacity + slack;
-        if self.len() + n_new > limit {
-            self.compact(n_new.saturating_sub(slack))?;
+        if let Some(plan) = self.book.plan_before_append(n_new) {
+            self.gather(&plan.keep)?;
+            self.book.apply(&plan);
         }
-        let needed = self.len() + n_new;
-        if needed > limit {
-            return Err(EngineError::ContextFull { needed, capacity, policy: self.config.to_string() });
-        }
+        let needed = self.book.check_fits(n_new)?;
         if needed > self.allocated {
-            let target = needed.max(INITIAL_ALLOCATION).max(self.allocated * 2).min(limit);
+            let target = needed.max(INITIAL_ALLOCATION).max(self.allocated * 2).min(self.book.limit());
             self.grow_to(target)?;
         }
         Ok(())
@@ -344,9 +308,9 @@ impl KvCache {
     /// `RENORMALIZE_OFFSET`, so positions stay bounded forever), or its stream position for the
     /// `pos=abs` ablation.
     pub fn next_rope_position(&self) -> usize {
-        match self.config.positions {
+        match self.book.config.positions {
             RopePositions::CacheSlot => self.len() + self.rope_offset,
-            RopePositions::Stream => self.tokens_seen,
+            RopePositions::Stream => self.book.tokens_seen,
         }
     }
 
@@ -368,17 +332,9 @@ impl KvCache {
     /// Records the chunk's tokens as held slots, once every layer has been written; with
     /// after-step timing, compacts when the step left more than c slots.
     pub fn commit(&mut self, tokens: &[u32]) -> Result<()> {
-        for &token in tokens {
-            self.slot_tokens.push(token);
-            self.slot_stream_positions.push(self.tokens_seen);
-            self.tokens_seen += 1;
-            let held = self.len();
-            self.counters.slots_sum += held as f64;
-            self.counters.kept_ratio_sum += held as f64 / self.tokens_seen as f64;
-            self.counters.slots_peak = self.counters.slots_peak.max(held);
-        }
-        if self.config.timing == CompactionTiming::AfterStep && self.len() > self.config.policy.capacity() {
-            self.compact(0)?;
+        if let Some(plan) = self.book.commit(tokens) {
+            self.gather(&plan.keep)?;
+            self.book.apply(&plan);
         }
         Ok(())
     }
@@ -387,23 +343,7 @@ impl KvCache {
     /// prompt shares it. Returns false (and changes nothing) once a compaction has happened,
     /// because the slots no longer match the stream one to one.
     pub fn truncate(&mut self, keep: usize) -> bool {
-        if self.counters.compactions > 0 {
-            return false;
-        }
-        if keep < self.len() {
-            self.slot_tokens.truncate(keep);
-            self.slot_stream_positions.truncate(keep);
-            self.tokens_seen = keep;
-            self.blocks = Blocks::default();
-            // The per-step sums must forget the dropped steps too, or the means divide sums over more steps than
-            // `tokens_seen` (a "kept on average" above 100% after a regenerate). Before any compaction step `i`
-            // held `i` slots of `i` tokens, so the sums over the kept steps are known exactly.
-            let kept = keep as f64;
-            self.counters.slots_sum = kept * (kept + 1.0) / 2.0;
-            self.counters.kept_ratio_sum = kept;
-            self.counters.slots_peak = keep;
-        }
-        true
+        self.book.truncate(keep)
     }
 
     /// Empties the cache but keeps its buffers for reuse.
@@ -411,51 +351,11 @@ impl KvCache {
         self.rope_offset = 0;
         self.pristine_initial.clear();
         self.pristine_offset = 0;
-        self.slot_tokens.clear();
-        self.slot_stream_positions.clear();
-        self.tokens_seen = 0;
-        self.blocks = Blocks::default();
-        self.counters = Counters::default();
-        self.initial_limit = self.config.policy.initial();
+        self.book.clear();
     }
 
     pub fn stats(&self) -> KvStats {
-        let bytes_per_slot = self.shape.bytes_per_slot();
-        let policy = &self.config.policy;
-        let held = self.len();
-        let (initial_held, separators_held) = if policy.evicts() {
-            let initial = self.initial_limit.min(held);
-            (initial, self.blocks.separators.min(held - initial))
-        } else {
-            (0, 0)
-        };
-        let rest = held - initial_held - separators_held;
-        let local_held = rest.min(policy.local_limit());
-        let steps = self.tokens_seen.max(1) as f64;
-        let oldest_after_initial = self.slot_stream_positions.get(initial_held);
-        KvStats {
-            tokens_seen: self.tokens_seen,
-            slots_held: held,
-            capacity: policy.capacity(),
-            initial_held,
-            initial_limit: if policy.evicts() { self.initial_limit } else { 0 },
-            separators_held,
-            separators_limit: policy.separator_limit(),
-            past_held: rest - local_held,
-            local_held,
-            local_limit: policy.local_limit(),
-            tokens_to_next_compaction: policy.capacity().saturating_sub(held),
-            bytes_held: held * bytes_per_slot,
-            bytes_dense: self.tokens_seen * bytes_per_slot,
-            kept_ratio: if self.tokens_seen == 0 { 1.0 } else { held as f64 / self.tokens_seen as f64 },
-            kept_ratio_mean: if self.tokens_seen == 0 { 1.0 } else { self.counters.kept_ratio_sum / steps },
-            slots_mean: self.counters.slots_sum / steps,
-            slots_peak: self.counters.slots_peak,
-            dropped_separators: self.counters.dropped_separators,
-            dropped_other: self.counters.dropped_other,
-            compactions: self.counters.compactions,
-            horizon: oldest_after_initial.map_or(0, |&position| self.tokens_seen - position),
-        }
+        self.book.stats()
     }
 
     /// Writes the cache (held slots of every layer, slot bookkeeping and statistics) to `writer`,
@@ -472,17 +372,17 @@ impl KvCache {
             format: SNAPSHOT_FORMAT,
             engine_version: env!("CARGO_PKG_VERSION").to_string(),
             model_fingerprint: model_fingerprint.to_string(),
-            cache: self.config.to_string(),
+            cache: self.book.config.to_string(),
             n_layer: self.shape.n_layer,
             n_kv_head: self.shape.n_kv_head,
             head_dim: self.shape.head_dim,
-            slot_tokens: self.slot_tokens.clone(),
-            slot_stream_positions: self.slot_stream_positions.clone(),
-            initial_limit: self.initial_limit,
-            separators_held: self.blocks.separators,
+            slot_tokens: self.book.slot_tokens.clone(),
+            slot_stream_positions: self.book.slot_stream_positions.clone(),
+            initial_limit: self.book.initial_limit,
+            separators_held: self.book.blocks.separators,
             rope_offset: self.rope_offset,
-            tokens_seen: self.tokens_seen,
-            counters: self.counters,
+            tokens_seen: self.book.tokens_seen,
+            counters: self.book.counters,
             stream_tokens: stream_tokens.to_vec(),
         };
         let header_bytes = serde_json::to_vec(&header).map_err(|error| snapshot_error(error.to_string()))?;
@@ -500,7 +400,7 @@ impl KvCache {
             }
         }
         writer.flush()?;
-        Ok(SnapshotInfo { slots: held, tokens_seen: self.tokens_seen, bytes: held * self.shape.bytes_per_slot() })
+        Ok(SnapshotInfo { slots: held, tokens_seen: self.book.tokens_seen, bytes: held * self.shape.bytes_per_slot() })
     }
 
     /// Rebuilds a cache written by [`KvCache::write_snapshot`] into this (empty) cache, and returns the stream
@@ -534,8 +434,8 @@ impl KvCache {
         if header.model_fingerprint != model_fingerprint {
             return mismatch("model", header.model_fingerprint, model_fingerprint.to_string());
         }
-        if header.cache != self.config.to_string() {
-            return mismatch("cache setting", header.cache, self.config.to_string());
+        if header.cache != self.book.config.to_string() {
+            return mismatch("cache setting", header.cache, self.book.config.to_string());
         }
         let KvShape { n_layer, n_kv_head, head_dim } = self.shape;
         if (header.n_layer, header.n_kv_head, header.head_dim) != (n_layer, n_kv_head, head_dim) {
@@ -546,7 +446,7 @@ impl KvCache {
             );
         }
         let held = header.slot_tokens.len();
-        let limit = self.config.policy.capacity() + 1;
+        let limit = self.book.config.policy.capacity() + 1;
         let consistent = header.slot_stream_positions.len() == held
             && held <= limit
             && header.tokens_seen >= held
@@ -571,36 +471,14 @@ impl KvCache {
                 }
             }
         }
-        self.slot_tokens = header.slot_tokens;
-        self.slot_stream_positions = header.slot_stream_positions;
-        self.initial_limit = header.initial_limit;
-        self.blocks = Blocks { initial: self.initial_limit.min(held), separators: header.separators_held };
-        self.tokens_seen = header.tokens_seen;
+        self.book.slot_tokens = header.slot_tokens;
+        self.book.slot_stream_positions = header.slot_stream_positions;
+        self.book.initial_limit = header.initial_limit;
+        self.book.blocks = Blocks { initial: self.book.initial_limit.min(held), separators: header.separators_held };
+        self.book.tokens_seen = header.tokens_seen;
         self.rope_offset = header.rope_offset;
-        self.counters = header.counters;
+        self.book.counters = header.counters;
         Ok(header.stream_tokens)
-    }
-
-    /// Applies the policy's decision before `incoming` tokens are appended (0: after a step).
-    fn compact(&mut self, incoming: usize) -> Result<()> {
-        let separators = self.separators.clone();
-        let Some(plan) = self.config.policy.plan(
-            self.initial_limit,
-            self.blocks,
-            &self.slot_tokens,
-            |id| separators.contains(id),
-            incoming,
-        ) else {
-            return Ok(());
-        };
-        self.gather(&plan.keep)?;
-        self.slot_tokens = plan.keep.iter().map(|&slot| self.slot_tokens[slot]).collect();
-        self.slot_stream_positions = plan.keep.iter().map(|&slot| self.slot_stream_positions[slot]).collect();
-        self.blocks = plan.blocks;
-        self.counters.compactions += 1;
-        self.counters.dropped_separators += plan.dropped_separators;
-        self.counters.dropped_other += plan.dropped_other;
-        Ok(())
     }
 
     /// Moves the kept slots to the front of every layer's buffers with one index vector.
@@ -620,7 +498,7 @@ impl KvCache {
         };
         let indices: Vec<u32> = keep.iter().map(|&slot| slot as u32).collect();
         let indices = Tensor::from_vec(indices, n_keep, &self.device)?;
-        let cache_slots = self.config.positions == RopePositions::CacheSlot;
+        let cache_slots = self.book.config.positions == RopePositions::CacheSlot;
         let old_offset = self.rope_offset;
         // The newest kept key keeps its position: its distance to the next token is unchanged.
         let mut new_offset = last_kept + old_offset - (n_keep - 1);
@@ -631,7 +509,7 @@ impl KvCache {
         let unchanged = |(new_slot, &old_slot): (usize, &usize)| new_slot + new_offset == old_slot + old_offset;
         let tail = keep.iter().enumerate().rev().take_while(|&pair| unchanged(pair)).count();
         let n_rotated = if cache_slots { n_keep - tail } else { 0 };
-        let n_initial = self.initial_limit.min(n_keep).min(n_rotated);
+        let n_initial = self.book.initial_limit.min(n_keep).min(n_rotated);
         if cache_slots && n_initial > 0 && self.pristine_initial.is_empty() {
             // The first compaction: the initial block has never been rotated since it was written.
             self.pristine_offset = old_offset;

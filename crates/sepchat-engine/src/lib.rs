@@ -8,6 +8,7 @@
 
 mod attention;
 pub mod bench;
+pub mod cache_map;
 pub mod cache_policy;
 mod causal_softmax;
 pub mod device;
@@ -21,6 +22,7 @@ pub mod sampling;
 pub mod stream_eval;
 pub mod worker;
 
+pub use cache_map::{CacheSimulator, Feed, SlotBook, TokenState};
 pub use cache_policy::{CacheConfig, CachePolicy, CacheSpecError, SepParams};
 pub use device::DeviceChoice;
 pub use error::{EngineError, Result};

@@ -14,6 +14,7 @@ use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{DType, Device, Tensor};
 use sepchat_text::{ChatTemplate, GgufTokenizer};
 
+use crate::cache_map::CacheSimulator;
 use crate::cache_policy::{CacheConfig, SeparatorRule};
 use crate::causal_softmax::CausalSoftmax;
 use crate::error::{EngineError, Result};
@@ -216,6 +217,13 @@ impl LlamaModel {
         };
         let separators = self.separators(config.separators).clone();
         KvCache::new(config, self.config.kv_shape(), rope, separators, &self.device)
+    }
+
+    /// A tensor-free simulator of the cache `new_cache(config)` would make: the same separators
+    /// and slot size, so its decisions and statistics are the engine's (the UI's A/B switch).
+    pub fn new_cache_simulator(&self, config: CacheConfig) -> CacheSimulator {
+        let separators = self.separators(config.separators).clone();
+        CacheSimulator::new(config, separators, self.config.kv_shape().bytes_per_slot())
     }
 
     /// A dense cache bounded by the model's trained context.

@@ -10,9 +10,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use sepchat_core::api::{
-    CompleteRequest, ConversationInfo, ConversationView, EditMessageRequest, ErrorCode, ExportFormat, ExportRequest,
-    ExportResult, ImportRequest, ImportResult, LoadModelRequest, ModelInfo, NewConversationRequest, RegenerateRequest,
-    Sampling, SearchHit, SendMessageRequest,
+    CacheMap, CompleteRequest, ConversationInfo, ConversationView, EditMessageRequest, ErrorCode, ExportFormat,
+    ExportRequest, ExportResult, ImportRequest, ImportResult, LoadModelRequest, ModelInfo, NewConversationRequest,
+    RegenerateRequest, Sampling, SearchHit, SendMessageRequest,
 };
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +73,15 @@ struct CacheProfileArgs {
     conversation_id: i64,
     #[serde(default)]
     cache_profile: Option<String>,
+}
+
+/// `{"conversation_id": 3, "cache": "dense"}`; `cache` absent or `null`: the conversation's own setting.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheMapArgs {
+    conversation_id: i64,
+    #[serde(default)]
+    cache: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -176,6 +185,10 @@ async fn set_cache_profile(
     Body(args): Body<CacheProfileArgs>,
 ) -> Answer<ConversationInfo> {
     Ok(Json(state.app.set_cache_profile(args.conversation_id, args.cache_profile).await?))
+}
+
+async fn cache_map(State(state): State<AppState>, Body(args): Body<CacheMapArgs>) -> Answer<CacheMap> {
+    Ok(Json(state.app.cache_map(args.conversation_id, args.cache).await?))
 }
 
 // ---- Chat ----
@@ -299,6 +312,7 @@ rpc_table! {
         set_system_prompt,
         set_sampling,
         set_cache_profile,
+        cache_map,
         send_message,
         regenerate,
         edit_message,

@@ -455,3 +455,16 @@ async fn uploads_get_a_larger_body_limit_and_nothing_else_does() {
     let refused = raw_response(&server.base, &head).await;
     assert!(refused.starts_with("HTTP/1.1 413 "), "{refused}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_map_is_a_route_with_the_app_errors() {
+    // The simulation itself is tested in sepchat-core (tests/cache_map.rs); here only the route and its errors.
+    let server = TestServer::start(false, ServerConfig::default()).await;
+    let created: ConversationInfo = server.call("create_conversation", json!({})).await;
+    let no_model = server.rpc("cache_map", json!({"conversation_id": created.id, "cache": "dense"})).await;
+    assert_eq!(no_model.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(no_model.json::<Value>().await.expect("json")["code"], "model");
+    let typo = server.rpc("cache_map", json!({"conversation_id": created.id, "profile": "dense"})).await;
+    assert!(typo.status().is_client_error());
+    assert!(sepchat_server::METHODS.contains(&"cache_map"));
+}

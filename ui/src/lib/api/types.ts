@@ -61,6 +61,43 @@ export interface KvStats {
   horizon: number;
 }
 
+/**
+ * What a cache still holds of a piece of text: the block of the slots holding its tokens, `evicted`, or `unseen`
+ * (text the cache was never fed: a message with no reply yet, whitespace the chat template trims).
+ */
+export type TokenState = 'initial' | 'separator' | 'past' | 'local' | 'evicted' | 'unseen';
+
+/** A run of a message's text whose tokens share one state. */
+export interface CacheMapSegment {
+  text: string;
+  state: TokenState;
+}
+
+/** One message of the branch: its segments concatenate to exactly its content. */
+export interface MessageCacheMap {
+  message_id: number;
+  segments: CacheMapSegment[];
+}
+
+/**
+ * `cache_map`: the conversation's active branch replayed, turn by turn as the engine fed it, through a cache of
+ * some setting without running the model (the A/B switch and the token map).
+ */
+export interface CacheMap {
+  conversation_id: number;
+  /** The cache setting simulated, as a full spec. */
+  cache_spec: string;
+  /** The readout that cache would show after this history. */
+  stats: KvStats;
+  /** The branch's messages, root first. */
+  messages: MessageCacheMap[];
+  /**
+   * False when a reply's stored text tokenizes to another number of tokens than the model generated (the
+   * simulation re-tokenizes replies, whose ids are not stored), so its numbers may be off by those tokens.
+   */
+  exact: boolean;
+}
+
 /** Stored with each reply. `kv` (the full readout after the reply) and `cache_spec` are present on replies
  * generated since they were added; older ones only have kv_slots/kv_bytes. */
 export interface MessageStats {

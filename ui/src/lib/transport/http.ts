@@ -77,6 +77,7 @@ export function createHttpTransport(options: HttpTransportOptions = {}): Transpo
     set_system_prompt: (args) => call('set_system_prompt', args),
     set_sampling: (args) => call('set_sampling', args),
     set_cache_profile: (args) => call('set_cache_profile', args),
+    cache_map: (args) => call('cache_map', args),
     send_message: (request, onEvent, signal) => generate('send_message', request, onEvent, signal),
     regenerate: (request, onEvent, signal) => generate('regenerate', request, onEvent, signal),
     edit_message: (request, onEvent, signal) => generate('edit_message', request, onEvent, signal),

@@ -6,6 +6,7 @@
 
 import type {
   ApiError,
+  CacheMap,
   ChatEvent,
   ConversationInfo,
   ConversationView,
@@ -57,6 +58,12 @@ export interface CacheProfileArgs {
   conversation_id: number;
   /** `null`: the app's default. */
   cache_profile: string | null;
+}
+
+export interface CacheMapArgs {
+  conversation_id: number;
+  /** A cache spec or profile to simulate; `null`: the conversation's own. */
+  cache: string | null;
 }
 
 export interface BranchArgs {
@@ -118,6 +125,8 @@ export interface Transport {
   set_system_prompt(args: SystemPromptArgs): Promise<ConversationInfo>;
   set_sampling(args: SamplingArgs): Promise<ConversationInfo>;
   set_cache_profile(args: CacheProfileArgs): Promise<ConversationInfo>;
+  /** The branch replayed through a cache of another (or its own) setting: the A/B switch and the token map. */
+  cache_map(args: CacheMapArgs): Promise<CacheMap>;
 
   send_message(request: SendMessageRequest, onEvent: ChatEventHandler, signal?: AbortSignal): Promise<SendResult>;
   regenerate(request: RegenerateRequest, onEvent: ChatEventHandler, signal?: AbortSignal): Promise<SendResult>;
