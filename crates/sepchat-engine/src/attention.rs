@@ -20,27 +20,126 @@ use crate::error::{EngineError, Result};
 pub(crate) fn cpu_flash_attention(queries: &Tensor, keys: &Tensor, values: &Tensor, scale: f32) -> Result<Tensor> {
     let (n_head, n_new, head_dim) = queries.dims3()?;
     let (n_kv_head, n_keys, _) = keys.dims3()?;
-    let n_held = n_keys - n_new;
-    let heads_per_kv = n_head / n_kv_head;
     let queries = queries.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
     let key_rows = CacheRows::new(keys)?;
     let value_rows = CacheRows::new(values)?;
     let key_guard = keys.storage_and_layout().0;
     let value_guard = values.storage_and_layout().0;
-    let key_data = f16_slice(&key_guard)?;
-    let value_data = f16_slice(&value_guard)?;
-
-    // One task per (head, query row); each writes its own head_dim outputs.
-    let mut output = vec![0f32; n_new * n_head * head_dim];
-    output.par_chunks_mut(head_dim).enumerate().for_each(|(task, out)| {
-        let row = task / n_head;
-        let head = task % n_head;
-        let kv_head = head / heads_per_kv;
-        let query = &queries[(head * n_new + row) * head_dim..][..head_dim];
-        let visible = n_held + row + 1;
-        attend_one(query, kv_head, visible, &key_rows, key_data, &value_rows, value_data, scale, out);
-    });
+    let attention = Attention {
+        queries: &queries,
+        n_new,
+        n_head,
+        heads_per_kv: n_head / n_kv_head,
+        head_dim,
+        n_held: n_keys - n_new,
+        key_rows,
+        key_data: f16_slice(&key_guard)?,
+        value_rows,
+        value_data: f16_slice(&value_guard)?,
+        scale,
+        kernel: Kernel::detect(head_dim),
+        max_group: MAX_GROUP,
+    };
+    #[cfg(test)]
+    let attention = match *tests::FORCED.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
+        Some((kernel, max_group)) => Attention { kernel, max_group, ..attention },
+        None => attention,
+    };
+    let output = attention.run(rayon::current_num_threads());
     Ok(Tensor::from_vec(output, (n_new, n_head * head_dim), &Device::Cpu)?)
+}
+
+/// At most this many query heads share one pass over their KV head's rows (see `attend_group`):
+/// the 3 of SmolLM2-135M's grouped-query attention and a little more, while their accumulators
+/// (4 AVX-512 registers each at head size 64) still fit in the register file.
+const MAX_GROUP: usize = 4;
+
+/// One attention call: the queries, the cache rows they read, and the kernel to run.
+struct Attention<'a> {
+    queries: &'a [f32],
+    n_new: usize,
+    n_head: usize,
+    heads_per_kv: usize,
+    head_dim: usize,
+    n_held: usize,
+    key_rows: CacheRows,
+    key_data: &'a [f16],
+    value_rows: CacheRows,
+    value_data: &'a [f16],
+    scale: f32,
+    kernel: Kernel,
+    /// At most this many heads to a kernel call: `MAX_GROUP`, or 1 to time heads one at a time.
+    max_group: usize,
+}
+
+impl Attention<'_> {
+    /// The output, `[n_new, n_head, head_dim]`, computed by rayon tasks that each own a run of
+    /// (query row, head) units in that order (see `task_bounds`).
+    fn run(&self, threads: usize) -> Vec<f32> {
+        let head_dim = self.head_dim;
+        let mut output = vec![0f32; self.n_new * self.n_head * head_dim];
+        let group = if self.max_group > 1 { self.heads_per_kv } else { 1 };
+        let bounds = task_bounds(self.n_new, self.n_head, group, threads);
+        let mut tasks = Vec::with_capacity(bounds.len().saturating_sub(1));
+        let mut rest = output.as_mut_slice();
+        for range in bounds.windows(2) {
+            let (piece, tail) = std::mem::take(&mut rest).split_at_mut((range[1] - range[0]) * head_dim);
+            tasks.push((range[0], piece));
+            rest = tail;
+        }
+        tasks.into_par_iter().for_each(|(first, out)| self.attend_units(first, out));
+        output
+    }
+
+    /// Units `first..first + out.len() / head_dim`, consecutive heads of one query row and KV
+    /// head taken together (at most `max_group` at a time) so they share each cache row's loads.
+    fn attend_units(&self, first: usize, out: &mut [f32]) {
+        let (n_head, head_dim) = (self.n_head, self.head_dim);
+        let end = first + out.len() / head_dim;
+        let mut unit = first;
+        while unit < end {
+            let (row, head) = (unit / n_head, unit % n_head);
+            let kv_head = head / self.heads_per_kv;
+            let group_end = (row * n_head + (kv_head + 1) * self.heads_per_kv).min(end).min(unit + self.max_group);
+            let mut queries: [&[f32]; MAX_GROUP] = [&[]; MAX_GROUP];
+            for (offset, query) in queries[..group_end - unit].iter_mut().enumerate() {
+                *query = &self.queries[((head + offset) * self.n_new + row) * head_dim..][..head_dim];
+            }
+            let rows = Rows {
+                key_rows: &self.key_rows,
+                key_data: self.key_data,
+                value_rows: &self.value_rows,
+                value_data: self.value_data,
+                kv_head,
+                visible: self.n_held + row + 1,
+            };
+            let out = &mut out[(unit - first) * head_dim..(group_end - first) * head_dim];
+            attend_group(self.kernel, &queries[..group_end - unit], &rows, self.scale, out);
+            unit = group_end;
+        }
+    }
+}
+
+/// Where the rayon tasks of one call begin and end, in (query row, head) units, row-major;
+/// `group` heads share a KV head.
+///
+/// Heads that share a KV head are cheaper together (one load and f16 widening of each cache row
+/// for all of them), but fewer, bigger tasks balance worse over the threads. So: one task per
+/// (query row, KV head) when that still gives every thread at least two tasks (one thread; or
+/// chunks of several rows, whose rows differ in length); otherwise (a decode step on two or
+/// more threads: 3 KV heads) one task per thread, the units split evenly, each task grouping
+/// what it can. With two threads that is heads 0-3 and 4-8: groups (0 1 2) (3) and (4 5) (6 7 8),
+/// about the same work each, where three tasks would leave one thread idle half of the call.
+/// More threads than units, or `group` 1: one unit per task, as before grouping.
+fn task_bounds(n_new: usize, n_head: usize, group: usize, threads: usize) -> Vec<usize> {
+    let units = n_new * n_head;
+    let groups = units / group.max(1);
+    if groups >= 2 * threads {
+        (0..=groups).map(|index| index * group).collect()
+    } else {
+        let tasks = threads.min(units).max(1);
+        (0..=tasks).map(|task| task * units / tasks).collect()
+    }
 }
 
 /// Where row `slot` of head `kv_head` starts in a cache view's storage.
@@ -76,31 +175,60 @@ fn f16_slice(storage: &Storage) -> Result<&[f16]> {
     }
 }
 
-/// llama.cpp's `flash_attn_ext_f16_one_chunk` for one query row: f16 query, f32 dot products,
-/// online softmax in f32, values accumulated in f16. Runs the AVX2/F16C kernel when the CPU has
-/// it (bit-identical to the portable one, which a test checks), since at long contexts this loop
-/// is most of a decode step.
-#[allow(clippy::too_many_arguments)]
-fn attend_one(
-    query: &[f32],
-    kv_head: usize,
-    visible: usize,
-    key_rows: &CacheRows,
-    key_data: &[f16],
-    value_rows: &CacheRows,
-    value_data: &[f16],
-    scale: f32,
-    out: &mut [f32],
-) {
-    let rows = Rows { key_rows, key_data, value_rows, value_data, kv_head, visible };
+/// Which implementation of the row kernel runs; all give the same bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    Portable,
     #[cfg(target_arch = "x86_64")]
-    if x86::supported(query.len()) {
-        // SAFETY: `supported` checked the CPU features and the head size; the kernel reads only
-        // rows `0..visible` of `kv_head`, which `Rows::key`/`Rows::value` bound-check.
-        unsafe { x86::attend_one(query, &rows, scale, out) };
-        return;
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Kernel {
+    /// The fastest the CPU runs for this head size: at long contexts this loop is a large part
+    /// of a decode step.
+    fn detect(head_dim: usize) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if x86::supported(head_dim) {
+            return if x86::has_avx512() { Kernel::Avx512 } else { Kernel::Avx2 };
+        }
+        let _ = head_dim;
+        Kernel::Portable
     }
-    attend_one_portable(query, &rows, scale, out);
+}
+
+/// llama.cpp's `flash_attn_ext_f16_one_chunk` for one query row of `queries.len()` heads that
+/// share the KV head of `rows` (one `out` row of `head_dim` per head): f16 query, f32 dot
+/// products, online softmax in f32, values accumulated in f16. The SIMD kernels handle the heads
+/// together, loading and widening each key and value row once for all of them, while each head
+/// goes through exactly the operations, in the order, of the portable kernel run for it alone
+/// (which tests check bit for bit).
+fn attend_group(kernel: Kernel, queries: &[&[f32]], rows: &Rows<'_>, scale: f32, out: &mut [f32]) {
+    let head_dim = out.len() / queries.len().max(1);
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 | Kernel::Avx512 => {
+            // SAFETY: `Kernel::detect` chose these only where `x86::supported` confirmed the CPU
+            // features (AVX-512F too for `Avx512`) and the head size; the kernels read rows
+            // `0..visible` of `kv_head` through `Rows::key`/`Rows::value`, which bound-check, and
+            // fall back to the portable kernel for group sizes they are not built for.
+            let done = unsafe {
+                if kernel == Kernel::Avx512 {
+                    x86::attend_group_avx512(queries, rows, scale, out)
+                } else {
+                    x86::attend_group_avx2(queries, rows, scale, out)
+                }
+            };
+            if done {
+                return;
+            }
+        }
+        Kernel::Portable => {}
+    }
+    for (query, out) in queries.iter().zip(out.chunks_exact_mut(head_dim)) {
+        attend_one_portable(query, rows, scale, out);
+    }
 }
 
 /// The cache rows one query row attends to.
@@ -120,6 +248,16 @@ impl Rows<'_> {
 
     fn value(&self, slot: usize, head_dim: usize) -> &[f16] {
         &self.value_data[self.value_rows.start(self.kv_head, slot)..][..head_dim]
+    }
+
+    /// Where `slot`'s key row starts in `key_data` (bounds unchecked).
+    fn key_start(&self, slot: usize) -> usize {
+        self.key_rows.start(self.kv_head, slot)
+    }
+
+    /// Where `slot`'s value row starts in `value_data` (bounds unchecked).
+    fn value_start(&self, slot: usize) -> usize {
+        self.value_rows.start(self.kv_head, slot)
     }
 }
 
@@ -159,20 +297,22 @@ fn attend_one_portable(query: &[f32], rows: &Rows<'_>, scale: f32, out: &mut [f3
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    //! The row kernel with AVX2, FMA and F16C: the same roundings in the same order as the
-    //! portable kernel (and ggml), eight lanes at a time.
+    //! The row kernel with AVX2, FMA and F16C (8 lanes) or AVX-512 (16 lanes): the same
+    //! roundings in the same order as the portable kernel (and ggml), for up to `MAX_GROUP`
+    //! heads at once. Per lane they do the same operations; the AVX-512 one also takes the
+    //! softmax bookkeeping sixteen slots at a time (`fill_weights_avx512`).
 
     use std::arch::x86_64::*;
 
     use half::f16;
 
-    use super::Rows;
+    use super::{Rows, MAX_GROUP};
 
-    /// Head sizes the kernel handles: whole 64-element blocks of ggml's f16 dot product, and
-    /// at most `MAX_HEAD_DIM` accumulator lanes kept in registers or on the stack.
+    /// Head sizes the kernels handle: whole 64-element blocks of ggml's f16 dot product, and
+    /// at most `MAX_HEAD_DIM` accumulator lanes per head kept in registers or on the stack.
     const MAX_HEAD_DIM: usize = 256;
 
-    /// Slots per block of the row kernel's passes (scores, exponentials, values).
+    /// Slots per block of the kernels' passes (scores, exponentials, values).
     const BLOCK: usize = 32;
 
     pub(super) fn supported(head_dim: usize) -> bool {
@@ -184,50 +324,128 @@ mod x86 {
             && std::arch::is_x86_feature_detected!("f16c")
     }
 
-    /// Rounds each lane to f16 and back: the accumulator's precision in ggml.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn round_to_f16(x: __m256) -> __m256 {
-        _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
+    pub(super) fn has_avx512() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
     }
 
-    /// Eight f16 values widened to f32.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn load_f16(values: &[f16]) -> __m256 {
-        debug_assert!(values.len() >= 8);
-        _mm256_cvtph_ps(_mm_loadu_si128(values.as_ptr().cast()))
+    /// Instantiates `$kernel::<G, DIM>` for the group size and head size at hand, so the loops
+    /// over heads and over a row's vectors have constant trip counts: unrolled, with queries and
+    /// accumulators in registers where they fit. `false` for a shape not listed (the caller then
+    /// runs the portable kernel).
+    macro_rules! by_shape {
+        ($kernel:ident, $queries:expr, $rows:expr, $scale:expr, $out:expr) => {{
+            let shape = ($queries.len(), $queries.first().map_or(0, |query| query.len()));
+            match shape {
+                (1, 64) => $kernel::<1, 64>($queries, $rows, $scale, $out),
+                (2, 64) => $kernel::<2, 64>($queries, $rows, $scale, $out),
+                (3, 64) => $kernel::<3, 64>($queries, $rows, $scale, $out),
+                (4, 64) => $kernel::<4, 64>($queries, $rows, $scale, $out),
+                (1, 128) => $kernel::<1, 128>($queries, $rows, $scale, $out),
+                (2, 128) => $kernel::<2, 128>($queries, $rows, $scale, $out),
+                (3, 128) => $kernel::<3, 128>($queries, $rows, $scale, $out),
+                (4, 128) => $kernel::<4, 128>($queries, $rows, $scale, $out),
+                (1, 192) => $kernel::<1, 192>($queries, $rows, $scale, $out),
+                (2, 192) => $kernel::<2, 192>($queries, $rows, $scale, $out),
+                (3, 192) => $kernel::<3, 192>($queries, $rows, $scale, $out),
+                (4, 192) => $kernel::<4, 192>($queries, $rows, $scale, $out),
+                (1, 256) => $kernel::<1, 256>($queries, $rows, $scale, $out),
+                (2, 256) => $kernel::<2, 256>($queries, $rows, $scale, $out),
+                (3, 256) => $kernel::<3, 256>($queries, $rows, $scale, $out),
+                (4, 256) => $kernel::<4, 256>($queries, $rows, $scale, $out),
+                _ => return false,
+            }
+            true
+        }};
     }
 
-    /// `ggml_vec_dot_f16` in ggml's AVX-512 order (see `ggml_exact::dot_f16`): per 64-element
-    /// block, four 16-lane accumulators, each 16 lanes held as two 8-lane halves.
+    /// The AVX2 kernel for `queries.len()` heads of `rows`'s KV head; `false` (nothing written)
+    /// for a shape it is not built for.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot_f16(query: &[f32], key: &[f16]) -> f32 {
-        let head_dim = query.len();
-        let zero = _mm256_setzero_ps();
-        let mut low = [zero; 4];
-        let mut high = [zero; 4];
-        for start in (0..head_dim).step_by(64) {
-            for j in 0..4 {
-                let e = start + 16 * j;
-                let q_low = _mm256_loadu_ps(query[e..e + 8].as_ptr());
-                let q_high = _mm256_loadu_ps(query[e + 8..e + 16].as_ptr());
-                low[j] = _mm256_fmadd_ps(q_low, load_f16(&key[e..e + 8]), low[j]);
-                high[j] = _mm256_fmadd_ps(q_high, load_f16(&key[e + 8..e + 16]), high[j]);
+    pub(super) unsafe fn attend_group_avx2(queries: &[&[f32]], rows: &Rows<'_>, scale: f32, out: &mut [f32]) -> bool {
+        by_shape!(group_avx2, queries, rows, scale, out)
+    }
+
+    /// The AVX-512 kernel, as `attend_group_avx2`.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(super) unsafe fn attend_group_avx512(queries: &[&[f32]], rows: &Rows<'_>, scale: f32, out: &mut [f32]) -> bool {
+        by_shape!(group_avx512, queries, rows, scale, out)
+    }
+
+    /// A query rounded to f16 and back, as ggml converts it once per row.
+    fn rounded_query(query: &[f32]) -> [f32; MAX_HEAD_DIM] {
+        let mut rounded = [0f32; MAX_HEAD_DIM];
+        for (rounded, &q) in rounded.iter_mut().zip(query) {
+            *rounded = f16::from_f32(q).to_f32();
+        }
+        rounded
+    }
+
+    /// One head's online-softmax factors for the slots of a block.
+    struct BlockWeights {
+        /// Bit `i`: the running maximum rose at slot `i` (the accumulator is rescaled first).
+        rose: u32,
+        /// ggml's `ms`: what the accumulator and the sum are scaled by before the slot is added.
+        max_scale: [f32; BLOCK],
+        /// ggml's `vs`: the slot's weight.
+        weight: [f32; BLOCK],
+    }
+
+    const _: () = assert!(BLOCK <= u32::BITS as usize);
+
+    impl BlockWeights {
+        fn new() -> Self {
+            Self { rose: 0, max_scale: [1.0; BLOCK], weight: [1.0; BLOCK] }
+        }
+
+        fn rose(&self, slot: usize) -> bool {
+            self.rose >> slot & 1 == 1
+        }
+
+        /// The factors for the first `count` `scores` of every head, advancing `running_max`.
+        /// Per slot ggml takes one exponential: of (previous max - new max) where the maximum
+        /// rose (the rescale factor; the slot's weight is then 1), else of (score - max). The
+        /// exponentials depend on each other only through the running maximum, so they are taken
+        /// together, eight lanes at a time (`exp_block`). The heads' running maxima are
+        /// independent chains, interleaved here slot by slot.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn fill<const G: usize>(
+            weights: &mut [BlockWeights; G],
+            scores: &[[f32; BLOCK]; G],
+            count: usize,
+            running_max: &mut [f32; G],
+        ) {
+            let mut exponents = [[0f32; BLOCK]; G];
+            for weights in weights.iter_mut() {
+                weights.rose = 0;
+            }
+            for slot in 0..count {
+                for head in 0..G {
+                    let (score, max) = (scores[head][slot], &mut running_max[head]);
+                    if score > *max {
+                        exponents[head][slot] = *max - score;
+                        weights[head].rose |= 1 << slot;
+                        *max = score;
+                    } else {
+                        exponents[head][slot] = score - *max;
+                    }
+                }
+            }
+            for (weights, exponents) in weights.iter_mut().zip(&exponents) {
+                let mut exps = [0f32; BLOCK];
+                exp_block(&exponents[..count], &mut exps[..count]);
+                for (slot, &e) in exps[..count].iter().enumerate() {
+                    (weights.max_scale[slot], weights.weight[slot]) =
+                        if weights.rose(slot) { (e, 1f32) } else { (1f32, e) };
+                }
             }
         }
-        // lanes = (acc0 + acc2) + (acc1 + acc3), then _mm512_reduce_add_ps: lanes 8..16 + 0..8,
-        // then the upper four + the lower four, then (0 + 2) + (1 + 3).
-        let lanes_low = _mm256_add_ps(_mm256_add_ps(low[0], low[2]), _mm256_add_ps(low[1], low[3]));
-        let lanes_high = _mm256_add_ps(_mm256_add_ps(high[0], high[2]), _mm256_add_ps(high[1], high[3]));
-        let eight = _mm256_add_ps(lanes_high, lanes_low);
-        let four = _mm_add_ps(_mm256_extractf128_ps::<1>(eight), _mm256_castps256_ps128(eight));
-        let mut f = [0f32; 4];
-        _mm_storeu_ps(f.as_mut_ptr(), four);
-        (f[0] + f[2]) + (f[1] + f[3])
     }
 
     /// `out[i] = exp(x[i])` exactly as the C library's `expf` computes it, eight at a time where
-    /// the vector version applies, so the kernel stays bit-identical to the portable one (and to
+    /// the vector version applies, so the kernels stay bit-identical to the portable one (and to
     /// llama.cpp, which calls `expf`).
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn exp_block(x: &[f32], out: &mut [f32]) {
         let mut start = 0;
@@ -249,69 +467,531 @@ mod x86 {
         }
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn attend_one(query: &[f32], rows: &Rows<'_>, scale: f32, out: &mut [f32]) {
-        let head_dim = query.len();
-        let groups = head_dim / 8;
-        let mut rounded_query = [0f32; MAX_HEAD_DIM];
-        for (rounded, &q) in rounded_query.iter_mut().zip(query) {
-            *rounded = f16::from_f32(q).to_f32();
+    /// e^x for sixteen lanes exactly as the C library's `expf`: `glibc_expf::exp16` where every
+    /// lane is in its range, else the C library lane by lane.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn exp_512(x: __m512, table: &ExpTable) -> __m512 {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        if super::glibc_expf::in_range_16(x) {
+            return super::glibc_expf::exp16(x, table);
         }
-        let rounded_query = &rounded_query[..head_dim];
-        let mut accumulated = [_mm256_setzero_ps(); MAX_HEAD_DIM / 8];
-        let accumulated = &mut accumulated[..groups];
-        let mut running_max = f32::NEG_INFINITY;
-        let mut running_sum = 0f32;
-        // The same operations in the same order as the portable kernel, regrouped in blocks of
-        // slots: first the block's dot products, then its exponentials (they depend on each other
-        // only through the running maximum), then the value accumulation. Each pass is a run of
-        // independent work the CPU can overlap; slot by slot, every slot waited for the previous
-        // slot's exponential and f16 roundings.
+        let _ = table;
+        let mut lanes = [0f32; 16];
+        _mm512_storeu_ps(lanes.as_mut_ptr(), x);
+        for lane in &mut lanes {
+            *lane = lane.exp();
+        }
+        _mm512_loadu_ps(lanes.as_ptr())
+    }
+
+    /// What `exp_512` reads its table from, loaded once per call of the kernel.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    type ExpTable = [__m512i; 4];
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    type ExpTable = ();
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn exp_table() -> ExpTable {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        return super::glibc_expf::table_512();
+        #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+        ()
+    }
+
+    /// `BlockWeights::fill` with AVX-512, sixteen slots of a head at a time: the running
+    /// maximum before each slot as a prefix scan, the exponentials sixteen lanes at a time.
+    /// The scan's step keeps the left value unless the right one is greater, as the loop does;
+    /// that step is associative (it picks the first of the greatest values), so the scan gives
+    /// every slot the maximum the loop holds before it, bit for bit, signs of zeros included.
+    /// A NaN score never becomes the maximum in the loop (`>` is false), so the scan reads it as
+    /// -inf; its exponent is still NaN, and `exp_512` leaves that to the C library.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn fill_weights_avx512<const G: usize>(
+        weights: &mut [BlockWeights; G],
+        scores: &[[f32; BLOCK]; G],
+        count: usize,
+        running_max: &mut [f32; G],
+    ) {
+        /// One step of the scan: lane i takes lane i - (16 - SHIFT) unless lane i is greater.
+        #[inline]
+        #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+        unsafe fn step<const SHIFT: i32>(x: __m512, fill: __m512) -> __m512 {
+            let left =
+                _mm512_castsi512_ps(_mm512_alignr_epi32::<SHIFT>(_mm512_castps_si512(x), _mm512_castps_si512(fill)));
+            _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, left), left, x)
+        }
+        let negative_infinity = _mm512_set1_ps(f32::NEG_INFINITY);
+        let one = _mm512_set1_ps(1.0);
+        let table = exp_table();
+        for ((weights, scores), running_max) in weights.iter_mut().zip(scores).zip(running_max.iter_mut()) {
+            weights.rose = 0;
+            let mut max = _mm512_set1_ps(*running_max);
+            for start in (0..count).step_by(16) {
+                let live: __mmask16 = if count - start >= 16 { 0xFFFF } else { (1 << (count - start)) - 1 };
+                let s = _mm512_loadu_ps(scores[start..start + 16].as_ptr());
+                let ordered = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(s, s);
+                let mut x = _mm512_mask_mov_ps(negative_infinity, live & ordered, s);
+                x = step::<15>(x, negative_infinity);
+                x = step::<14>(x, negative_infinity);
+                x = step::<12>(x, negative_infinity);
+                x = step::<8>(x, negative_infinity);
+                // The same step with the maximum before these slots on the left.
+                x = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, max), max, x);
+                let before =
+                    _mm512_castsi512_ps(_mm512_alignr_epi32::<15>(_mm512_castps_si512(x), _mm512_castps_si512(max)));
+                let rose = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(s, before) & live;
+                // Slots past `count` get exponent 0, in the vector `expf`'s range.
+                let exponent = _mm512_maskz_mov_ps(
+                    live,
+                    _mm512_mask_blend_ps(rose, _mm512_sub_ps(s, before), _mm512_sub_ps(before, s)),
+                );
+                let e = exp_512(exponent, &table);
+                _mm512_storeu_ps(weights.max_scale[start..start + 16].as_mut_ptr(), _mm512_mask_blend_ps(rose, one, e));
+                _mm512_storeu_ps(weights.weight[start..start + 16].as_mut_ptr(), _mm512_mask_blend_ps(rose, e, one));
+                weights.rose |= u32::from(rose) << start;
+                max = _mm512_permutexvar_ps(_mm512_set1_epi32(15), x);
+            }
+            *running_max = _mm512_cvtss_f32(max);
+        }
+    }
+
+    /// Rounds each lane to f16 and back: the accumulator's precision in ggml.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn round_to_f16(x: __m256) -> __m256 {
+        _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
+    }
+
+    /// Eight f16 values widened to f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_f16(values: &[f16]) -> __m256 {
+        debug_assert!(values.len() >= 8);
+        _mm256_cvtph_ps(_mm_loadu_si128(values.as_ptr().cast()))
+    }
+
+    /// The first steps of `ggml_vec_dot_f16` in ggml's AVX-512 order (see
+    /// `ggml_exact::dot_f16`) for a rounded query and a widened key, as 8-lane vectors: per
+    /// 64-element block, four 16-lane accumulators, each held as two 8-lane halves; then
+    /// (acc0 + acc2) + (acc1 + acc3), and the first step of `_mm512_reduce_add_ps`, lanes 8..16
+    /// plus lanes 0..8. `dots_avx2` finishes the sum.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn eight_lanes_avx2(query: &[__m256], key: &[__m256]) -> __m256 {
+        let zero = _mm256_setzero_ps();
+        let mut low = [zero; 4];
+        let mut high = [zero; 4];
+        for (q, k) in query.chunks_exact(8).zip(key.chunks_exact(8)) {
+            for j in 0..4 {
+                low[j] = _mm256_fmadd_ps(q[2 * j], k[2 * j], low[j]);
+                high[j] = _mm256_fmadd_ps(q[2 * j + 1], k[2 * j + 1], high[j]);
+            }
+        }
+        let lanes_low = _mm256_add_ps(_mm256_add_ps(low[0], low[2]), _mm256_add_ps(low[1], low[3]));
+        let lanes_high = _mm256_add_ps(_mm256_add_ps(high[0], high[2]), _mm256_add_ps(high[1], high[3]));
+        _mm256_add_ps(lanes_high, lanes_low)
+    }
+
+    /// The rest of `_mm512_reduce_add_ps` for eight dot products at once, from their
+    /// `eight_lanes_avx2` vectors: per product the upper four lanes plus the lower four, then
+    /// (0 + 2) + (1 + 3), each addition as for one product alone, but eight products to a vector
+    /// operation instead of a horizontal sum each. Lane `i` of the result is product `i`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dots_avx2(eights: &[__m256; 8]) -> __m256 {
+        // The last step leaves product 2j + k in lane 4k + j, so position p takes the vector of
+        // product 4 (p % 2) + p / 2 to get them out in order.
+        const ORDER: [usize; 8] = [0, 4, 1, 5, 2, 6, 3, 7];
+        // [upper4 + lower4 of one product | of the next]: 128-bit halves regrouped, then added.
+        let mut fours = [_mm256_setzero_ps(); 4];
+        for (pair, four) in fours.iter_mut().enumerate() {
+            let (a, b) = (eights[ORDER[2 * pair]], eights[ORDER[2 * pair + 1]]);
+            *four = _mm256_add_ps(_mm256_permute2f128_ps::<0x31>(a, b), _mm256_permute2f128_ps::<0x20>(a, b));
+        }
+        // Per 128-bit half: [f0 + f2, f1 + f3] of one product, then of the next pair's.
+        let mut pairs = [_mm256_setzero_ps(); 2];
+        for (i, pair) in pairs.iter_mut().enumerate() {
+            let (a, b) = (fours[2 * i], fours[2 * i + 1]);
+            *pair = _mm256_add_ps(_mm256_shuffle_ps::<0x44>(a, b), _mm256_shuffle_ps::<0xEE>(a, b));
+        }
+        // (f0 + f2) + (f1 + f3).
+        _mm256_add_ps(_mm256_shuffle_ps::<0x88>(pairs[0], pairs[1]), _mm256_shuffle_ps::<0xDD>(pairs[0], pairs[1]))
+    }
+
+    /// Asks the CPU to bring the `len` f16 values of `data` from `start` into its nearest cache
+    /// ahead of their use. A decode step streams every layer's cache rows from memory (they do
+    /// not stay in the core's caches from one step to the next), and the hardware prefetcher
+    /// alone leaves the kernels waiting for them much of the time (the timing test's "cold"
+    /// figures). A prefetch never faults, so rows past the cache's end cost nothing but the
+    /// request; `wrapping_add` keeps the address arithmetic defined there too.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn prefetch(data: &[f16], start: usize, len: usize) {
+        let first = data.as_ptr().wrapping_add(start).cast::<i8>();
+        for line in (0..len * 2).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(first.wrapping_add(line));
+        }
+    }
+
+    /// How many vectors of a row the value pass takes at a time so that every head's
+    /// accumulators for them stay in the `registers` left beside the value vector, the
+    /// broadcast factors and temporaries: a divisor of `vectors`, so every chunk has the same,
+    /// constant length.
+    const fn chunk_vectors(vectors: usize, group: usize, registers: usize) -> usize {
+        let mut chunk = registers / group;
+        if chunk > vectors {
+            chunk = vectors;
+        }
+        if chunk == 0 {
+            chunk = 1;
+        }
+        while !vectors.is_multiple_of(chunk) {
+            chunk -= 1;
+        }
+        chunk
+    }
+
+    /// `G` heads of dimension `DIM` (see `super::attend_group`), 8 lanes per vector.
+    ///
+    /// The same operations in the same order as the portable kernel, regrouped: per block of
+    /// slots, first every head's dot products (`scores_avx2`), then each head's exponentials and
+    /// running sum, then the value accumulation (`values_avx2`). Each pass is a run of
+    /// independent work the CPU can overlap, and the heads' accumulator chains (multiply-add,
+    /// round to f16, widen, slot after slot) interleave. The passes are separate functions so
+    /// that each gets the registers to itself: the queries in one, the accumulators in the other.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn group_avx2<const G: usize, const DIM: usize>(
+        queries: &[&[f32]],
+        rows: &Rows<'_>,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        const LANES: usize = 8;
+        let vectors = DIM / LANES;
+        let zero = _mm256_setzero_ps();
+        let mut query = [[zero; MAX_HEAD_DIM / LANES]; G];
+        for (query, source) in query.iter_mut().zip(queries) {
+            let rounded = rounded_query(&source[..DIM]);
+            for (vector, lanes) in query[..vectors].iter_mut().zip(rounded.chunks_exact(LANES)) {
+                *vector = _mm256_loadu_ps(lanes.as_ptr());
+            }
+        }
+        let mut accumulated = [[zero; MAX_HEAD_DIM / LANES]; G];
+        let mut running_max = [f32::NEG_INFINITY; G];
+        let mut running_sum = [0f32; G];
+        let mut partial = [[[zero; LANES]; BLOCK / LANES]; G];
+        let mut weights: [BlockWeights; G] = std::array::from_fn(|_| BlockWeights::new());
+        for slot in 0..rows.visible.min(BLOCK) {
+            prefetch(rows.key_data, rows.key_start(slot), DIM);
+        }
         let mut first = 0;
         while first < rows.visible {
             let count = (rows.visible - first).min(BLOCK);
-            let mut scores = [0f32; BLOCK];
-            for (offset, score) in scores[..count].iter_mut().enumerate() {
-                *score = dot_f16(rounded_query, rows.key(first + offset, head_dim)) * scale;
-            }
-            // Per slot, the one exponential ggml takes: of (previous max - new max) where the
-            // maximum rose (the rescale factor; the slot's weight is then 1), else of (score - max).
-            let mut rose = [false; BLOCK];
-            let mut exponents = [0f32; BLOCK];
-            for ((&score, rose), exponent) in scores[..count].iter().zip(rose.iter_mut()).zip(exponents.iter_mut()) {
-                if score > running_max {
-                    *exponent = running_max - score;
-                    *rose = true;
-                    running_max = score;
-                } else {
-                    *exponent = score - running_max;
-                }
-            }
-            let mut exps = [0f32; BLOCK];
-            exp_block(&exponents[..count], &mut exps[..count]);
-            for (offset, (&rose, &e)) in rose[..count].iter().zip(&exps[..count]).enumerate() {
-                let (max_scale, weight) = if rose { (e, 1f32) } else { (1f32, e) };
-                if rose {
-                    let factor = _mm256_set1_ps(max_scale);
-                    for acc in accumulated.iter_mut() {
-                        *acc = round_to_f16(_mm256_mul_ps(*acc, factor));
-                    }
-                }
-                let value = rows.value(first + offset, head_dim);
-                let factor = _mm256_set1_ps(weight);
-                for (group, acc) in accumulated.iter_mut().enumerate() {
-                    let v = load_f16(&value[group * 8..group * 8 + 8]);
-                    *acc = round_to_f16(_mm256_fmadd_ps(v, factor, *acc));
-                }
-                running_sum = running_sum.mul_add(max_scale, weight);
-            }
+            let mut scores = [[0f32; BLOCK]; G];
+            scores_avx2::<G, DIM>(&query, rows, first, count, scale, &mut partial, &mut scores);
+            BlockWeights::fill(&mut weights, &scores, count, &mut running_max);
+            values_avx2::<G, DIM>(rows, first, count, &weights, &mut accumulated, &mut running_sum);
             first += count;
         }
-        let inverse_sum = _mm256_set1_ps(if running_sum == 0.0 { 0.0 } else { 1.0 / running_sum });
-        for (group, acc) in accumulated.iter().enumerate() {
-            _mm256_storeu_ps(out[group * 8..group * 8 + 8].as_mut_ptr(), _mm256_mul_ps(*acc, inverse_sum));
+        for ((out, accumulated), &sum) in out.chunks_exact_mut(DIM).zip(&accumulated).zip(&running_sum) {
+            let inverse_sum = _mm256_set1_ps(if sum == 0.0 { 0.0 } else { 1.0 / sum });
+            for (lanes, acc) in out.chunks_exact_mut(LANES).zip(&accumulated[..vectors]) {
+                _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_mul_ps(*acc, inverse_sum));
+            }
         }
     }
+
+    /// The scores of slots `first..first + count` for every head: each key row widened once
+    /// and dotted with every query, the products' last additions eight products at a time
+    /// (`dots_avx2`; `partial` holds the products' eight lanes until then, and past `count` an
+    /// earlier block's, whose sums are not used), then scaled.
+    #[inline(never)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scores_avx2<const G: usize, const DIM: usize>(
+        query: &[[__m256; MAX_HEAD_DIM / 8]; G],
+        rows: &Rows<'_>,
+        first: usize,
+        count: usize,
+        scale: f32,
+        partial: &mut [[[__m256; 8]; BLOCK / 8]; G],
+        scores: &mut [[f32; BLOCK]; G],
+    ) {
+        const LANES: usize = 8;
+        let vectors = DIM / LANES;
+        for offset in 0..count {
+            // The value pass reads this block's value rows next.
+            prefetch(rows.value_data, rows.value_start(first + offset), DIM);
+            let key = rows.key(first + offset, DIM);
+            let mut widened = [_mm256_setzero_ps(); MAX_HEAD_DIM / LANES];
+            for (vector, lanes) in widened[..vectors].iter_mut().zip(key.chunks_exact(LANES)) {
+                *vector = load_f16(lanes);
+            }
+            for (partial, query) in partial.iter_mut().zip(query) {
+                partial[offset / LANES][offset % LANES] = eight_lanes_avx2(&query[..vectors], &widened[..vectors]);
+            }
+        }
+        let scale = _mm256_set1_ps(scale);
+        for (scores, partial) in scores.iter_mut().zip(partial.iter()) {
+            for (scores, eights) in scores.chunks_exact_mut(LANES).zip(partial).take(count.div_ceil(LANES)) {
+                _mm256_storeu_ps(scores.as_mut_ptr(), _mm256_mul_ps(dots_avx2(eights), scale));
+            }
+        }
+    }
+
+    /// Adds slots `first..first + count` to every head's accumulator and running sum: per slot
+    /// and head, the rescale where the maximum rose, then the weighted value row, rounding to
+    /// f16 after each, as ggml. A row's lanes are independent, so the pass goes through them a
+    /// chunk of vectors at a time (`chunk_vectors`), each vector of a value row widened once for
+    /// all heads. The sums' multiply-adds, a chain of latency per head, overlap the vector work.
+    #[inline(never)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn values_avx2<const G: usize, const DIM: usize>(
+        rows: &Rows<'_>,
+        first: usize,
+        count: usize,
+        weights: &[BlockWeights; G],
+        accumulated: &mut [[__m256; MAX_HEAD_DIM / 8]; G],
+        running_sum: &mut [f32; G],
+    ) {
+        const LANES: usize = 8;
+        const MAX_VECTORS: usize = MAX_HEAD_DIM / LANES;
+        let vectors = DIM / LANES;
+        let chunk = const { chunk_vectors(DIM / 8, G, 12) };
+        for start in (0..vectors).step_by(chunk) {
+            let mut acc = [[_mm256_setzero_ps(); MAX_VECTORS]; G];
+            for (acc, all) in acc.iter_mut().zip(accumulated.iter()) {
+                acc[..chunk].copy_from_slice(&all[start..start + chunk]);
+            }
+            for offset in 0..count {
+                let value = &rows.value(first + offset, DIM)[start * LANES..(start + chunk) * LANES];
+                for (vector, lanes) in value.chunks_exact(LANES).enumerate() {
+                    let v = load_f16(lanes);
+                    for (acc, weights) in acc.iter_mut().zip(weights) {
+                        let acc = &mut acc[vector];
+                        if weights.rose(offset) {
+                            *acc = round_to_f16(_mm256_mul_ps(*acc, _mm256_set1_ps(weights.max_scale[offset])));
+                        }
+                        *acc = round_to_f16(_mm256_fmadd_ps(v, _mm256_set1_ps(weights.weight[offset]), *acc));
+                    }
+                }
+                if start == 0 {
+                    // The score pass reads the next block's key rows next.
+                    if first + BLOCK + offset < rows.visible {
+                        prefetch(rows.key_data, rows.key_start(first + BLOCK + offset), DIM);
+                    }
+                    // `S = S*ms + vs` in ggml, contracted to one fused multiply-add.
+                    for (sum, weights) in running_sum.iter_mut().zip(weights) {
+                        *sum = sum.mul_add(weights.max_scale[offset], weights.weight[offset]);
+                    }
+                }
+            }
+            for (acc, all) in acc.iter().zip(accumulated.iter_mut()) {
+                all[start..start + chunk].copy_from_slice(&acc[..chunk]);
+            }
+        }
+    }
+
+    /// Rounds each lane to f16 and back (16 lanes).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn round_to_f16_512(x: __m512) -> __m512 {
+        _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
+    }
+
+    /// Sixteen f16 values widened to f32.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn load_f16_512(values: &[f16]) -> __m512 {
+        debug_assert!(values.len() >= 16);
+        _mm512_cvtph_ps(_mm256_loadu_si256(values.as_ptr().cast()))
+    }
+
+    /// `eight_lanes_avx2` with each 16-lane accumulator in one register, stopping at the 16
+    /// lanes of (acc0 + acc2) + (acc1 + acc3).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn lanes_avx512(query: &[__m512], key: &[__m512]) -> __m512 {
+        let zero = _mm512_setzero_ps();
+        let mut acc = [zero; 4];
+        for (q, k) in query.chunks_exact(4).zip(key.chunks_exact(4)) {
+            for j in 0..4 {
+                acc[j] = _mm512_fmadd_ps(q[j], k[j], acc[j]);
+            }
+        }
+        _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]))
+    }
+
+    /// `_mm512_reduce_add_ps` as ggml's build runs it (lanes 8..16 plus lanes 0..8, the upper
+    /// four plus the lower four, then (0 + 2) + (1 + 3)) for sixteen dot products at once, from
+    /// their `lanes_avx512` vectors, sixteen products to a vector operation. Lane `i` of the
+    /// result is product `i`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn dots_avx512(lanes: &[__m512; 16]) -> __m512 {
+        // The last step leaves product 4j + k in lane 4k + j, so position p takes the vector of
+        // product 4 (p % 4) + p / 4 to get them out in order.
+        const ORDER: [usize; 16] = [0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15];
+        // [lanes 8..16 + 0..8 of one product | of the next]: 128-bit quarters regrouped, added.
+        let mut eights = [_mm512_setzero_ps(); 8];
+        for (pair, eight) in eights.iter_mut().enumerate() {
+            let (a, b) = (lanes[ORDER[2 * pair]], lanes[ORDER[2 * pair + 1]]);
+            *eight = _mm512_add_ps(_mm512_shuffle_f32x4::<0xEE>(a, b), _mm512_shuffle_f32x4::<0x44>(a, b));
+        }
+        // [upper4 + lower4] of four products.
+        let mut fours = [_mm512_setzero_ps(); 4];
+        for (pair, four) in fours.iter_mut().enumerate() {
+            let (a, b) = (eights[2 * pair], eights[2 * pair + 1]);
+            *four = _mm512_add_ps(_mm512_shuffle_f32x4::<0xDD>(a, b), _mm512_shuffle_f32x4::<0x88>(a, b));
+        }
+        // Per 128-bit quarter: [f0 + f2, f1 + f3] of one product, then of the next pair's.
+        let mut pairs = [_mm512_setzero_ps(); 2];
+        for (i, pair) in pairs.iter_mut().enumerate() {
+            let (a, b) = (fours[2 * i], fours[2 * i + 1]);
+            *pair = _mm512_add_ps(_mm512_shuffle_ps::<0x44>(a, b), _mm512_shuffle_ps::<0xEE>(a, b));
+        }
+        // (f0 + f2) + (f1 + f3).
+        _mm512_add_ps(_mm512_shuffle_ps::<0x88>(pairs[0], pairs[1]), _mm512_shuffle_ps::<0xDD>(pairs[0], pairs[1]))
+    }
+
+    /// `group_avx2` with 16 lanes per vector: half the instructions for the same lanes, and
+    /// twice the registers (three heads' accumulators at head size 64 in one chunk).
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn group_avx512<const G: usize, const DIM: usize>(
+        queries: &[&[f32]],
+        rows: &Rows<'_>,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        const LANES: usize = 16;
+        let vectors = DIM / LANES;
+        let zero = _mm512_setzero_ps();
+        let mut query = [[zero; MAX_HEAD_DIM / LANES]; G];
+        for (query, source) in query.iter_mut().zip(queries) {
+            let rounded = rounded_query(&source[..DIM]);
+            for (vector, lanes) in query[..vectors].iter_mut().zip(rounded.chunks_exact(LANES)) {
+                *vector = _mm512_loadu_ps(lanes.as_ptr());
+            }
+        }
+        let mut accumulated = [[zero; MAX_HEAD_DIM / LANES]; G];
+        let mut running_max = [f32::NEG_INFINITY; G];
+        let mut running_sum = [0f32; G];
+        let mut partial = [[[zero; LANES]; BLOCK / LANES]; G];
+        let mut weights: [BlockWeights; G] = std::array::from_fn(|_| BlockWeights::new());
+        for slot in 0..rows.visible.min(BLOCK) {
+            prefetch(rows.key_data, rows.key_start(slot), DIM);
+        }
+        let mut first = 0;
+        while first < rows.visible {
+            let count = (rows.visible - first).min(BLOCK);
+            let mut scores = [[0f32; BLOCK]; G];
+            scores_avx512::<G, DIM>(&query, rows, first, count, scale, &mut partial, &mut scores);
+            fill_weights_avx512(&mut weights, &scores, count, &mut running_max);
+            values_avx512::<G, DIM>(rows, first, count, &weights, &mut accumulated, &mut running_sum);
+            first += count;
+        }
+        for ((out, accumulated), &sum) in out.chunks_exact_mut(DIM).zip(&accumulated).zip(&running_sum) {
+            let inverse_sum = _mm512_set1_ps(if sum == 0.0 { 0.0 } else { 1.0 / sum });
+            for (lanes, acc) in out.chunks_exact_mut(LANES).zip(&accumulated[..vectors]) {
+                _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_mul_ps(*acc, inverse_sum));
+            }
+        }
+    }
+
+    /// The scores of slots `first..first + count` for every head: each key row widened once
+    /// and dotted with every query, the products' last additions sixteen products at a time
+    /// (`dots_avx512`; `partial` holds the products' sixteen lanes until then, and past `count` an
+    /// earlier block's, whose sums are not used), then scaled.
+    #[inline(never)]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn scores_avx512<const G: usize, const DIM: usize>(
+        query: &[[__m512; MAX_HEAD_DIM / 16]; G],
+        rows: &Rows<'_>,
+        first: usize,
+        count: usize,
+        scale: f32,
+        partial: &mut [[[__m512; 16]; BLOCK / 16]; G],
+        scores: &mut [[f32; BLOCK]; G],
+    ) {
+        const LANES: usize = 16;
+        let vectors = DIM / LANES;
+        for offset in 0..count {
+            // The value pass reads this block's value rows next.
+            prefetch(rows.value_data, rows.value_start(first + offset), DIM);
+            let key = rows.key(first + offset, DIM);
+            let mut widened = [_mm512_setzero_ps(); MAX_HEAD_DIM / LANES];
+            for (vector, lanes) in widened[..vectors].iter_mut().zip(key.chunks_exact(LANES)) {
+                *vector = load_f16_512(lanes);
+            }
+            for (partial, query) in partial.iter_mut().zip(query) {
+                partial[offset / LANES][offset % LANES] = lanes_avx512(&query[..vectors], &widened[..vectors]);
+            }
+        }
+        let scale = _mm512_set1_ps(scale);
+        for (scores, partial) in scores.iter_mut().zip(partial.iter()) {
+            for (scores, eights) in scores.chunks_exact_mut(LANES).zip(partial).take(count.div_ceil(LANES)) {
+                _mm512_storeu_ps(scores.as_mut_ptr(), _mm512_mul_ps(dots_avx512(eights), scale));
+            }
+        }
+    }
+
+    /// Adds slots `first..first + count` to every head's accumulator and running sum: per slot
+    /// and head, the rescale where the maximum rose, then the weighted value row, rounding to
+    /// f16 after each, as ggml. A row's lanes are independent, so the pass goes through them a
+    /// chunk of vectors at a time (`chunk_vectors`), each vector of a value row widened once for
+    /// all heads. The sums' multiply-adds, a chain of latency per head, overlap the vector work.
+    #[inline(never)]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn values_avx512<const G: usize, const DIM: usize>(
+        rows: &Rows<'_>,
+        first: usize,
+        count: usize,
+        weights: &[BlockWeights; G],
+        accumulated: &mut [[__m512; MAX_HEAD_DIM / 16]; G],
+        running_sum: &mut [f32; G],
+    ) {
+        const LANES: usize = 16;
+        const MAX_VECTORS: usize = MAX_HEAD_DIM / LANES;
+        let vectors = DIM / LANES;
+        let chunk = const { chunk_vectors(DIM / 16, G, 26) };
+        for start in (0..vectors).step_by(chunk) {
+            let mut acc = [[_mm512_setzero_ps(); MAX_VECTORS]; G];
+            for (acc, all) in acc.iter_mut().zip(accumulated.iter()) {
+                acc[..chunk].copy_from_slice(&all[start..start + chunk]);
+            }
+            for offset in 0..count {
+                let value = &rows.value(first + offset, DIM)[start * LANES..(start + chunk) * LANES];
+                for (vector, lanes) in value.chunks_exact(LANES).enumerate() {
+                    let v = load_f16_512(lanes);
+                    for (acc, weights) in acc.iter_mut().zip(weights) {
+                        let acc = &mut acc[vector];
+                        if weights.rose(offset) {
+                            *acc = round_to_f16_512(_mm512_mul_ps(*acc, _mm512_set1_ps(weights.max_scale[offset])));
+                        }
+                        *acc = round_to_f16_512(_mm512_fmadd_ps(v, _mm512_set1_ps(weights.weight[offset]), *acc));
+                    }
+                }
+                if start == 0 {
+                    // The score pass reads the next block's key rows next.
+                    if first + BLOCK + offset < rows.visible {
+                        prefetch(rows.key_data, rows.key_start(first + BLOCK + offset), DIM);
+                    }
+                    // `S = S*ms + vs` in ggml, contracted to one fused multiply-add.
+                    for (sum, weights) in running_sum.iter_mut().zip(weights) {
+                        *sum = sum.mul_add(weights.max_scale[offset], weights.weight[offset]);
+                    }
+                }
+            }
+            for (acc, all) in acc.iter().zip(accumulated.iter_mut()) {
+                all[start..start + chunk].copy_from_slice(&acc[..chunk]);
+            }
+        }
+    }
+
+    /// Keeps `MAX_GROUP` and the shapes `by_shape!` lists in step.
+    const _: () = assert!(MAX_GROUP == 4);
 }
 
 /// glibc's `expf` (sysdeps/ieee754/flt-32/e_expf.c, as built with FMA), four lanes of double at a
@@ -388,11 +1068,74 @@ mod glibc_expf {
         }
         Some(out)
     }
+
+    /// The table as four registers of eight entries, for `exp16`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn table_512() -> [__m512i; 4] {
+        let table = table();
+        let mut quarters = [_mm512_setzero_si512(); 4];
+        for (quarter, entries) in quarters.iter_mut().zip(table.chunks_exact(8)) {
+            *quarter = _mm512_loadu_si512(entries.as_ptr().cast());
+        }
+        quarters
+    }
+
+    /// Whether every lane is in range (see the module comment): two compares.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn in_range_16(x: __m512) -> bool {
+        let in_range = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, _mm512_set1_ps(-87.9))
+            & _mm512_cmp_ps_mask::<_CMP_LE_OQ>(x, _mm512_setzero_ps());
+        in_range == 0xFFFF
+    }
+
+    /// `exp8` for sixteen lanes, all in range (`in_range_16`), with AVX-512: the same
+    /// operations per lane, eight doubles to a register, and the table (`table_512`) read with
+    /// two-register permutes instead of a gather.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn exp16(x: __m512, table: &[__m512i; 4]) -> __m512 {
+        let [c0, c1, c2] = POLY;
+        let halves = [_mm512_castps512_ps256(x), _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x)))];
+        let mut out = [_mm256_setzero_ps(); 2];
+        for (half, out) in halves.into_iter().zip(&mut out) {
+            let xd = _mm512_cvtps_pd(half);
+            let z = _mm512_mul_pd(_mm512_set1_pd(INV_LN2_N), xd);
+            let shifted = _mm512_add_pd(z, _mm512_set1_pd(SHIFT));
+            let ki = _mm512_castpd_si512(shifted);
+            let kd = _mm512_sub_pd(shifted, _mm512_set1_pd(SHIFT));
+            let r = _mm512_sub_pd(z, kd);
+            let index = _mm512_and_si512(ki, _mm512_set1_epi64(31));
+            // The permutes index with the low four bits; bit 4 picks the upper half of the table.
+            let upper = _mm512_test_epi64_mask(index, _mm512_set1_epi64(16));
+            let entry = _mm512_mask_blend_epi64(
+                upper,
+                _mm512_permutex2var_epi64(table[0], index, table[1]),
+                _mm512_permutex2var_epi64(table[2], index, table[3]),
+            );
+            let s = _mm512_castsi512_pd(_mm512_add_epi64(entry, _mm512_slli_epi64::<{ 52 - TABLE_BITS }>(ki)));
+            let zz = _mm512_fmadd_pd(_mm512_set1_pd(c0), r, _mm512_set1_pd(c1));
+            let r2 = _mm512_mul_pd(r, r);
+            let y = _mm512_fmadd_pd(_mm512_set1_pd(c2), r, _mm512_set1_pd(1.0));
+            let y = _mm512_fmadd_pd(zz, r2, y);
+            let y = _mm512_mul_pd(y, s);
+            *out = _mm512_cvtpd_ps(y);
+        }
+        _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+            _mm512_castpd256_pd512(_mm256_castps_pd(out[0])),
+            _mm256_castps_pd(out[1]),
+        ))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A kernel and group limit every `cpu_flash_attention` call uses instead of the detected
+    /// ones while set, so that one process can time them against each other
+    /// (`decode_speed_by_kernel`; run it alone, as the other tests expect the default).
+    pub(super) static FORCED: std::sync::Mutex<Option<(Kernel, usize)>> = std::sync::Mutex::new(None);
 
     /// A pseudo-random cache with a wide range of scores, so the online softmax rescales often.
     fn cache_values(n: usize, seed: u32) -> Vec<f16> {
@@ -433,31 +1176,415 @@ mod tests {
         assert!(unsafe { glibc_expf::exp8(&[0.0, -1.0, -2.0, -3.0, -4.0, -5.0, -6.0, -88.5]) }.is_none());
     }
 
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
     #[test]
-    fn simd_and_portable_row_kernels_agree_to_the_bit() {
-        for head_dim in [64usize, 128] {
-            let slots = 300;
-            let keys = cache_values(slots * head_dim, 1);
-            let values = cache_values(slots * head_dim, 2);
-            let layout = CacheRows { offset: 0, head_stride: slots * head_dim, slot_stride: head_dim };
-            let query: Vec<f32> = cache_values(head_dim, 3).iter().map(|q| q.to_f32() * 1.37).collect();
-            for visible in [1usize, 2, 17, 32, 33, 65, 300] {
+    fn glibc_expf_sixteen_lanes_matches_the_c_library() {
+        use std::arch::x86_64::_mm512_loadu_ps;
+        if !(std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma")) {
+            return;
+        }
+        // As `glibc_expf_matches_the_c_library`, sixteen at a time, lanes spread over the range
+        // so that every table index and both halves of the table meet in one call.
+        let mut bits = (-0.0f32).to_bits();
+        let mut mismatches = Vec::new();
+        loop {
+            let lanes: [f32; 16] = std::array::from_fn(|lane| f32::from_bits(bits + 89 * lane as u32));
+            if !lanes.iter().all(|&x| glibc_expf::lane_in_range(x)) {
+                break;
+            }
+            // SAFETY: the features were checked above.
+            let got: [f32; 16] = unsafe {
+                let x = _mm512_loadu_ps(lanes.as_ptr());
+                assert!(glibc_expf::in_range_16(x));
+                std::mem::transmute(glibc_expf::exp16(x, &glibc_expf::table_512()))
+            };
+            for (x, e) in lanes.iter().zip(got) {
+                if e.to_bits() != x.exp().to_bits() && mismatches.len() < 5 {
+                    mismatches.push((*x, e, x.exp()));
+                }
+            }
+            bits += 89 * 16;
+        }
+        assert!(mismatches.is_empty(), "x, ours, libm: {mismatches:?}");
+        let mut out_of_range = [-1.0f32; 16];
+        for bad in [-88.5f32, 0.5, f32::NAN, f32::NEG_INFINITY] {
+            out_of_range[9] = bad;
+            // SAFETY: as above.
+            assert!(!unsafe { glibc_expf::in_range_16(_mm512_loadu_ps(out_of_range.as_ptr())) }, "{bad}");
+        }
+    }
+
+    /// Every kernel this CPU runs for the head size, the portable one first.
+    fn kernels(head_dim: usize) -> Vec<Kernel> {
+        let mut kernels = vec![Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        if x86::supported(head_dim) {
+            kernels.push(Kernel::Avx2);
+            if x86::has_avx512() {
+                kernels.push(Kernel::Avx512);
+            }
+        }
+        kernels
+    }
+
+    fn bits(values: &[f32]) -> Vec<u32> {
+        values.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// Each SIMD kernel, for every group size (and one past `MAX_GROUP`, which falls back to the
+    /// portable kernel), gives every head the bits of the portable kernel run for that head
+    /// alone; over cache lengths around the block size and the 8-lane exponentials, padded
+    /// rows, a second KV head, and queries from gentle to extreme (scores far enough apart that
+    /// weights underflow and the vector `expf` hands lanes to the C library).
+    #[test]
+    fn grouped_simd_kernels_agree_with_the_portable_kernel_to_the_bit() {
+        let query_scales = [1.37f32, 0.25, 3.0, 12.0, 60.0];
+        for head_dim in [64usize, 128, 192, 256] {
+            let slots = 1100;
+            let layout = CacheRows { offset: 24, head_stride: slots * (head_dim + 8) + 16, slot_stride: head_dim + 8 };
+            let storage = layout.offset + 2 * layout.head_stride;
+            let keys = cache_values(storage, 1);
+            let values = cache_values(storage, 2);
+            let queries: Vec<Vec<f32>> = query_scales
+                .iter()
+                .enumerate()
+                .map(|(h, scale)| cache_values(head_dim, 3 + h as u32).iter().map(|q| q.to_f32() * scale).collect())
+                .collect();
+            let queries: Vec<&[f32]> = queries.iter().map(Vec::as_slice).collect();
+            for kv_head in [0usize, 1] {
+                for visible in [1usize, 2, 7, 8, 9, 31, 32, 33, 63, 64, 65, 300, 1100] {
+                    let rows = Rows {
+                        key_rows: &layout,
+                        key_data: &keys,
+                        value_rows: &layout,
+                        value_data: &values,
+                        kv_head,
+                        visible,
+                    };
+                    let mut portable = vec![0f32; queries.len() * head_dim];
+                    for (query, out) in queries.iter().zip(portable.chunks_exact_mut(head_dim)) {
+                        attend_one_portable(query, &rows, 0.125, out);
+                    }
+                    for kernel in kernels(head_dim) {
+                        for group in 1..=MAX_GROUP + 1 {
+                            for heads in [0, queries.len() - group] {
+                                let mut grouped = vec![0f32; group * head_dim];
+                                attend_group(kernel, &queries[heads..heads + group], &rows, 0.125, &mut grouped);
+                                assert_eq!(
+                                    bits(&grouped),
+                                    bits(&portable[heads * head_dim..(heads + group) * head_dim]),
+                                    "{kernel:?}, heads {heads}..{}, head_dim {head_dim}, kv head {kv_head}, {visible} slots",
+                                    heads + group
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The same on values whose weighted sums leave f16's range (overflow to infinity) or fall
+    /// into its subnormals, where a rounding shortcut would show; and on keys that are zeros (of
+    /// either sign) on most slots, so that many scores tie at zero and the running maximum must
+    /// handle equal values as the loop does.
+    #[test]
+    fn grouped_simd_kernels_agree_on_extreme_values() {
+        let head_dim = 64;
+        let slots = 400;
+        let layout = CacheRows { offset: 0, head_stride: slots * head_dim, slot_stride: head_dim };
+        let random_keys = cache_values(slots * head_dim, 11);
+        let zero_keys: Vec<f16> = random_keys
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| match (i / head_dim) % 5 {
+                0 => k,
+                1 | 3 => f16::ZERO,
+                2 => f16::NEG_ZERO,
+                _ => {
+                    if i % 2 == 0 {
+                        f16::ZERO
+                    } else {
+                        f16::NEG_ZERO
+                    }
+                }
+            })
+            .collect();
+        for (keys, value_scale) in
+            [(&random_keys, 1e-7f32), (&random_keys, 3e-5), (&random_keys, 2e4), (&zero_keys, 1.0), (&zero_keys, 3e-5)]
+        {
+            let values: Vec<f16> =
+                cache_values(slots * head_dim, 12).iter().map(|v| f16::from_f32(v.to_f32() * value_scale)).collect();
+            let queries: Vec<Vec<f32>> =
+                (0..3).map(|h| cache_values(head_dim, 13 + h).iter().map(|q| q.to_f32() * 0.3).collect()).collect();
+            let queries: Vec<&[f32]> = queries.iter().map(Vec::as_slice).collect();
+            for visible in [1usize, 2, 17, 40, 400] {
                 let rows = Rows {
                     key_rows: &layout,
-                    key_data: &keys,
+                    key_data: keys,
                     value_rows: &layout,
                     value_data: &values,
                     kv_head: 0,
                     visible,
                 };
-                let mut portable = vec![0f32; head_dim];
-                attend_one_portable(&query, &rows, 0.125, &mut portable);
-                let mut dispatched = vec![0f32; head_dim];
-                attend_one(&query, 0, visible, &layout, &keys, &layout, &values, 0.125, &mut dispatched);
-                let portable_bits: Vec<u32> = portable.iter().map(|x| x.to_bits()).collect();
-                let dispatched_bits: Vec<u32> = dispatched.iter().map(|x| x.to_bits()).collect();
-                assert_eq!(portable_bits, dispatched_bits, "head_dim {head_dim}, {visible} slots");
+                let mut portable = vec![0f32; 3 * head_dim];
+                for (query, out) in queries.iter().zip(portable.chunks_exact_mut(head_dim)) {
+                    attend_one_portable(query, &rows, 0.125, out);
+                }
+                for kernel in kernels(head_dim) {
+                    let mut grouped = vec![0f32; 3 * head_dim];
+                    attend_group(kernel, &queries, &rows, 0.125, &mut grouped);
+                    assert_eq!(bits(&grouped), bits(&portable), "{kernel:?}, values x{value_scale}, {visible} slots");
+                }
             }
         }
+    }
+
+    #[test]
+    fn tasks_group_heads_while_every_thread_keeps_work() {
+        // One thread: one task per KV head. Two threads, one query row: one task each.
+        assert_eq!(task_bounds(1, 9, 3, 1), vec![0, 3, 6, 9]);
+        assert_eq!(task_bounds(1, 9, 3, 2), vec![0, 4, 9]);
+        assert_eq!(task_bounds(2, 9, 3, 2), vec![0, 3, 6, 9, 12, 15, 18]);
+        assert_eq!(task_bounds(1, 9, 3, 16), (0..=9).collect::<Vec<_>>());
+        assert_eq!(task_bounds(1, 4, 1, 1), vec![0, 1, 2, 3, 4]);
+    }
+
+    /// `cpu_flash_attention` end to end, on narrowed cache views as the cache hands them over:
+    /// however the units are split into tasks (thread counts from 1 to more than there are
+    /// heads), every output bit equals the portable kernel's, head by head.
+    #[test]
+    fn every_task_split_gives_the_portable_bits() {
+        let (n_head, n_kv_head, head_dim, capacity, n_keys) = (9usize, 3usize, 64usize, 700usize, 650usize);
+        let cache = |seed| {
+            Tensor::from_vec(
+                cache_values(n_kv_head * capacity * head_dim, seed),
+                (n_kv_head, capacity, head_dim),
+                &Device::Cpu,
+            )
+            .and_then(|t| t.narrow(1, 0, n_keys))
+            .expect("cache view")
+        };
+        let (keys, values) = (cache(21), cache(22));
+        for n_new in [1usize, 2, 5] {
+            let query_values: Vec<f32> =
+                cache_values(n_head * n_new * head_dim, 23 + n_new as u32).iter().map(|q| q.to_f32() * 1.7).collect();
+            let queries =
+                Tensor::from_vec(query_values.clone(), (n_head, n_new, head_dim), &Device::Cpu).expect("queries");
+            let key_rows = CacheRows::new(&keys).expect("key layout");
+            let value_rows = CacheRows::new(&values).expect("value layout");
+            let key_guard = keys.storage_and_layout().0;
+            let value_guard = values.storage_and_layout().0;
+            let mut expected = vec![0f32; n_new * n_head * head_dim];
+            for (unit, out) in expected.chunks_exact_mut(head_dim).enumerate() {
+                let (row, head) = (unit / n_head, unit % n_head);
+                let rows = Rows {
+                    key_rows: &key_rows,
+                    key_data: f16_slice(&key_guard).expect("keys"),
+                    value_rows: &value_rows,
+                    value_data: f16_slice(&value_guard).expect("values"),
+                    kv_head: head / (n_head / n_kv_head),
+                    visible: n_keys - n_new + row + 1,
+                };
+                let query = &query_values[(head * n_new + row) * head_dim..][..head_dim];
+                attend_one_portable(query, &rows, 0.125, out);
+            }
+            for threads in [1usize, 2, 3, 4, 8, 16] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+                let output = pool
+                    .install(|| cpu_flash_attention(&queries, &keys, &values, 0.125))
+                    .and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?))
+                    .expect("attention");
+                assert_eq!(bits(&output), bits(&expected), "{n_new} rows, {threads} threads");
+            }
+        }
+    }
+
+    /// Not a check: how long the kernels take per (head, slot) on a decode step's shape at the
+    /// default cache's capacity, one thread, heads one at a time and grouped by KV head: with one
+    /// layer's cache, which stays in the core's caches between calls ("hot"), and going through
+    /// 30 layers' caches as a decode step does ("cold", 47 MB, read from further away).
+    /// `cargo test -p sepchat-engine --release --lib attention_kernel_timings -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn attention_kernel_timings() {
+        let (n_kv_head, heads_per_kv, head_dim, slots) = (3usize, 3usize, 64usize, 2048usize);
+        let layer_size = n_kv_head * slots * head_dim;
+        let keys = cache_values(30 * layer_size, 31);
+        let values = cache_values(30 * layer_size, 32);
+        // Gentle scores, as a trained model's: the maximum rarely rises after the first slots.
+        let queries: Vec<Vec<f32>> = (0..n_kv_head * heads_per_kv)
+            .map(|h| cache_values(head_dim, 33 + h as u32).iter().map(|q| q.to_f32() * 0.3).collect())
+            .collect();
+        let queries: Vec<&[f32]> = queries.iter().map(Vec::as_slice).collect();
+        let mut out = vec![0f32; queries.len() * head_dim];
+        for (name, layers) in [("hot", 1usize), ("cold", 30)] {
+            for kernel in kernels(head_dim) {
+                for group in [1usize, heads_per_kv] {
+                    let mut best = f64::INFINITY;
+                    for _ in 0..if layers == 1 { 15 } else { 5 } {
+                        let started = std::time::Instant::now();
+                        for layer in 0..layers {
+                            let layout = CacheRows {
+                                offset: layer * layer_size,
+                                head_stride: slots * head_dim,
+                                slot_stride: head_dim,
+                            };
+                            for kv_head in 0..n_kv_head {
+                                let rows = Rows {
+                                    key_rows: &layout,
+                                    key_data: &keys,
+                                    value_rows: &layout,
+                                    value_data: &values,
+                                    kv_head,
+                                    visible: slots,
+                                };
+                                for first in (kv_head * heads_per_kv..(kv_head + 1) * heads_per_kv).step_by(group) {
+                                    let out = &mut out[first * head_dim..(first + group) * head_dim];
+                                    attend_group(kernel, &queries[first..first + group], &rows, 0.125, out);
+                                }
+                            }
+                        }
+                        best = best.min(started.elapsed().as_secs_f64());
+                    }
+                    let per_head_slot = best * 1e9 / (layers * queries.len() * slots) as f64;
+                    println!("{name} {kernel:?} group {group}: {per_head_slot:.2} ns per head and slot");
+                    std::hint::black_box(&out);
+                }
+            }
+        }
+    }
+
+    /// Process CPU time so far, every thread, from /proc: unlike wall time, what other processes
+    /// on a busy machine take does not count.
+    fn cpu_seconds() -> f64 {
+        let mut nanos = 0u64;
+        for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+            let stat = std::fs::read_to_string(task.expect("a task").path().join("schedstat")).unwrap_or_default();
+            nanos += stat.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        }
+        nanos as f64 * 1e-9
+    }
+
+    fn median(values: &mut [f64]) -> f64 {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    }
+
+    /// Not a check: decode speed of the real default model after 1,024 and 16,384 tokens with
+    /// the default SepCache, as `sepchat --threads 1 bench --cache default --context 1024
+    /// --context 16384 --prefill 0 --decode 256` measures it (same text, cache and steps), but
+    /// with the SIMD kernels, heads one at a time or grouped, alternated in one process (each
+    /// round restores the same two filled caches) and timed by CPU time as well as wall time:
+    /// on a busy machine separate runs differ by tens of percent, this much less.
+    /// `cargo test -p sepchat-engine --release --lib decode_speed_by_kernel -- --ignored --nocapture`;
+    /// optional: `ROUNDS` (4), `THREADS` (1), `SNAPSHOTS=dir` (keep the filled caches, which take
+    /// minutes to fill, between runs), `VARIANT=i` and `CONTEXT=n` (time only those, for a profile).
+    #[test]
+    #[ignore]
+    fn decode_speed_by_kernel() {
+        use crate::model::{LlamaModel, DEFAULT_PREFILL_CHUNK};
+
+        let rounds: usize = std::env::var("ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(4);
+        // THREADS=n for more than the bench's one thread.
+        let threads: usize = std::env::var("THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(1);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a pool");
+        pool.install(|| {
+            let path = sepchat_gguf::default_model::default_model_path().expect("a home directory");
+            let model = LlamaModel::load(&path, &Device::Cpu).expect("the default model (make fetch-model)");
+            let text = include_str!("../../sepchat-cli/src/bench_text.txt");
+            let source = model.tokenizer().encode(text).expect("tokens");
+            let tokens = |start: usize, count: usize| -> Vec<u32> {
+                (start..start + count).map(|i| source[i % source.len()]).collect()
+            };
+            let config = crate::CacheConfig::parse_for_model("default", model.config().context_length).expect("spec");
+            let mut warm = model.new_cache(config.clone());
+            model.prefill(&tokens(0, 16), &mut warm, DEFAULT_PREFILL_CHUNK).expect("warm-up");
+            let contexts = [1024usize, 16384];
+            let snapshots: Vec<Vec<u8>> = contexts
+                .iter()
+                .map(|&context| {
+                    // SNAPSHOTS=dir keeps the filled caches between runs (a fill takes minutes).
+                    let saved = std::env::var("SNAPSHOTS").ok().map(|dir| format!("{dir}/{context}.kv"));
+                    if let Some(bytes) = saved.as_ref().and_then(|path| std::fs::read(path).ok()) {
+                        return bytes;
+                    }
+                    let mut cache = model.new_cache(config.clone());
+                    let fed = tokens(0, context);
+                    model.prefill(&fed, &mut cache, DEFAULT_PREFILL_CHUNK).expect("fill");
+                    let mut bytes = Vec::new();
+                    cache.write_snapshot(&mut bytes, &fed, "timing").expect("snapshot");
+                    eprintln!("filled {context}: {} slots", cache.len());
+                    if let Some(path) = saved {
+                        std::fs::write(path, &bytes).expect("saving the snapshot");
+                    }
+                    bytes
+                })
+                .collect();
+            let head_dim = model.config().head_dim;
+            let mut variants = Vec::new();
+            for kernel in kernels(head_dim).into_iter().filter(|&kernel| kernel != Kernel::Portable) {
+                variants.push(("heads one by one", kernel, 1));
+                variants.push(("heads grouped", kernel, MAX_GROUP));
+            }
+            // VARIANT=i times only the i-th (for a profile).
+            if let Some(only) = std::env::var("VARIANT").ok().and_then(|v| v.parse::<usize>().ok()) {
+                variants = vec![variants[only]];
+            }
+            let decode_tokens = 256;
+            // [variant][context] -> (wall tok/s, cpu tok/s) per round
+            let mut results = vec![vec![Vec::new(); contexts.len()]; variants.len()];
+            for round in 0..rounds {
+                for (variant, &(_, kernel, max_group)) in variants.iter().enumerate() {
+                    *FORCED.lock().expect("lock") = Some((kernel, max_group));
+                    for (index, (&context, snapshot)) in contexts.iter().zip(&snapshots).enumerate() {
+                        // CONTEXT=n times only that context (for a profile); the others read NaN.
+                        if std::env::var("CONTEXT").is_ok_and(|only| only != context.to_string()) {
+                            results[variant][index].push((f64::NAN, f64::NAN));
+                            continue;
+                        }
+                        let mut cache = model.new_cache(config.clone());
+                        cache.read_snapshot(&mut snapshot.as_slice(), "timing").expect("restore");
+                        let (wall, cpu) = (std::time::Instant::now(), cpu_seconds());
+                        for token in tokens(context, decode_tokens) {
+                            model.prefill(&[token], &mut cache, 1).expect("decode");
+                        }
+                        let rates = (
+                            decode_tokens as f64 / wall.elapsed().as_secs_f64(),
+                            decode_tokens as f64 / (cpu_seconds() - cpu),
+                        );
+                        results[variant][index].push(rates);
+                    }
+                    let [short, long] = [0, 1].map(|i| *results[variant][i].last().expect("a round"));
+                    eprintln!(
+                        "round {round} {:?} {}: wall {:.1} / {:.1} tok/s ({:.3}), cpu {:.1} / {:.1} tok/s ({:.3})",
+                        kernel,
+                        variants[variant].0,
+                        short.0,
+                        long.0,
+                        long.0 / short.0,
+                        short.1,
+                        long.1,
+                        long.1 / short.1
+                    );
+                }
+            }
+            *FORCED.lock().expect("lock") = None;
+            println!("median of {rounds} rounds, decode tok/s after 1,024 / after 16,384 tokens (ratio):");
+            for ((name, kernel, _), results) in variants.iter().zip(&results) {
+                let pick = |context: usize, cpu: bool| {
+                    median(&mut results[context].iter().map(|r| if cpu { r.1 } else { r.0 }).collect::<Vec<_>>())
+                };
+                let (wall_short, wall_long, cpu_short, cpu_long) =
+                    (pick(0, false), pick(1, false), pick(0, true), pick(1, true));
+                let mut ratios: Vec<f64> = results[0].iter().zip(&results[1]).map(|(s, l)| l.1 / s.1).collect();
+                println!(
+                    "{kernel:?}, {name}: wall {wall_short:.1} / {wall_long:.1}, cpu {cpu_short:.1} / {cpu_long:.1} \
+                     ({:.3}; median same-round cpu ratio {:.3})",
+                    cpu_long / cpu_short,
+                    median(&mut ratios)
+                );
+            }
+        });
     }
 }

@@ -45,9 +45,18 @@ impl BenchPlan {
     }
 }
 
+/// Tokens each context decodes before the next context takes its turn (see [`bench_sepchat`]).
+const DECODE_BURST: usize = 16;
+
 /// Measures our engine with a cache built from `cache_config` at every context of the plan: the
 /// context's tokens stream through the cache first (an evicting cache compacts on the way, as
 /// in a long chat), then the prompt is prefilled or tokens are decoded one at a time.
+///
+/// Decode is measured interleaved: every context's cache is filled first, then the contexts take
+/// turns decoding [`DECODE_BURST`] tokens each until each has decoded `decode_tokens`. On a shared
+/// machine whose speed drifts over minutes, measuring one context after the other (minutes apart,
+/// with the long fills between) made the ratio between contexts swing by 20%; taking turns puts
+/// the same drift into every context's time.
 pub fn bench_sepchat(model: &LlamaModel, plan: &BenchPlan, cache_config: &CacheConfig) -> Result<Vec<BenchPoint>> {
     if plan.source_tokens.is_empty() {
         return Err(EngineError::EmptyPrompt);
@@ -57,14 +66,14 @@ pub fn bench_sepchat(model: &LlamaModel, plan: &BenchPlan, cache_config: &CacheC
     model.prefill(&plan.tokens(0, 16), &mut warm, DEFAULT_PREFILL_CHUNK)?;
 
     let policy = &cache_config.policy;
+    // A dense cache refuses tokens past its capacity: that point is n/a, not a failed bench.
+    // A measurement of 0 tokens is skipped, so a long fill can serve decode alone.
+    let fits = |context: usize, extra: usize| extra > 0 && (policy.evicts() || context + extra <= policy.capacity());
     let mut points = Vec::new();
     for &context in &plan.contexts {
-        // A dense cache refuses tokens past its capacity: that point is n/a, not a failed bench.
-        // A measurement of 0 tokens is skipped, so a long fill can serve decode alone.
-        let fits = |extra: usize| extra > 0 && (policy.evicts() || context + extra <= policy.capacity());
         let mut prefill = None;
         let mut kv_bytes_held = None;
-        if fits(plan.prefill_tokens) {
+        if fits(context, plan.prefill_tokens) {
             let mut cache = model.new_cache(cache_config.clone());
             fill(model, &mut cache, &plan.tokens(0, context))?;
             let prompt = plan.tokens(context, plan.prefill_tokens);
@@ -73,24 +82,45 @@ pub fn bench_sepchat(model: &LlamaModel, plan: &BenchPlan, cache_config: &CacheC
             prefill = Some(plan.prefill_tokens as f64 / started.elapsed().as_secs_f64());
             kv_bytes_held = Some(cache.stats().bytes_held);
         }
-        let mut decode = None;
-        if fits(plan.decode_tokens) {
-            let mut cache = model.new_cache(cache_config.clone());
-            fill(model, &mut cache, &plan.tokens(0, context))?;
-            let steps = plan.tokens(context, plan.decode_tokens);
-            let started = Instant::now();
-            for token in steps {
-                model.prefill(&[token], &mut cache, 1)?;
-            }
-            decode = Some(plan.decode_tokens as f64 / started.elapsed().as_secs_f64());
-            kv_bytes_held = Some(cache.stats().bytes_held);
-        }
         points.push(BenchPoint {
             context,
             prefill_tokens_per_second: prefill,
-            decode_tokens_per_second: decode,
+            decode_tokens_per_second: None,
             kv_bytes_held,
         });
+    }
+
+    struct Decoding {
+        point: usize,
+        cache: KvCache,
+        steps: Vec<u32>,
+        done: usize,
+        seconds: f64,
+    }
+    let mut decoding = Vec::new();
+    for (point, &context) in plan.contexts.iter().enumerate() {
+        if fits(context, plan.decode_tokens) {
+            let mut cache = model.new_cache(cache_config.clone());
+            fill(model, &mut cache, &plan.tokens(0, context))?;
+            let steps = plan.tokens(context, plan.decode_tokens);
+            decoding.push(Decoding { point, cache, steps, done: 0, seconds: 0.0 });
+        }
+    }
+    while decoding.iter().any(|run| run.done < run.steps.len()) {
+        for run in decoding.iter_mut().filter(|run| run.done < run.steps.len()) {
+            let burst = run.steps.len().min(run.done + DECODE_BURST);
+            let started = Instant::now();
+            for &token in &run.steps[run.done..burst] {
+                model.prefill(&[token], &mut run.cache, 1)?;
+            }
+            run.seconds += started.elapsed().as_secs_f64();
+            run.done = burst;
+        }
+    }
+    for run in decoding {
+        let point = &mut points[run.point];
+        point.decode_tokens_per_second = Some(run.steps.len() as f64 / run.seconds);
+        point.kv_bytes_held = Some(run.cache.stats().bytes_held);
     }
     Ok(points)
 }
