@@ -1,13 +1,16 @@
 //! `sepchat bench`: our prefill and decode speed beside candle's stock quantized_llama, measured
 //! in the same process on the same tokens, printed as a table and optionally as JSON.
-//! `sepchat bench sessions` measures resuming conversations instead (see `bench_sessions.rs`).
+//! `sepchat bench sessions` measures resuming conversations instead (see `bench_sessions.rs`);
+//! `sepchat bench --compare llama-cpp` measures us against llama.cpp (see `bench_compare.rs`).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use sepchat_engine::bench::{bench_candle_stock, bench_sepchat, BenchPlan, BenchPoint};
-use sepchat_engine::CacheConfig;
+use sepchat_engine::{CacheConfig, LlamaModel};
 
+use crate::bench_compare::{self, ComparePlan, CompareWith};
 use crate::bench_sessions::{self, SessionsArgs};
 use crate::options::{with_usage_exit, ModelArgs};
 
@@ -17,15 +20,16 @@ pub struct BenchArgs {
     #[command(subcommand)]
     other: Option<OtherBench>,
     /// Tokens already streamed through the cache before each measurement (comma-separated);
-    /// default 0,2048,4096 unless --context is given.
+    /// default 0,2048,4096 (with --compare: 0,2048) unless --context is given.
     #[arg(long, value_delimiter = ',')]
     contexts: Option<Vec<usize>>,
     /// One more context to measure (repeatable); added to --contexts, or alone when --contexts is not given.
     #[arg(long, value_name = "N")]
     context: Vec<usize>,
-    /// KV cache to measure (repeatable): dense, a profile (low, default, high), streaming:... or sep:...
+    /// KV cache to measure (repeatable): dense, a profile (low, default, high), streaming:... or sep:...;
+    /// default dense (with --compare: dense and default).
     /// Candle's stock model is measured only beside dense, the only cache it has.
-    #[arg(long, value_name = "SPEC", default_value = "dense")]
+    #[arg(long, value_name = "SPEC")]
     cache: Vec<String>,
     /// Prompt tokens fed for the prefill measurement (0 skips it).
     #[arg(long, default_value_t = 512)]
@@ -36,6 +40,14 @@ pub struct BenchArgs {
     /// Skip candle's stock model.
     #[arg(long)]
     no_stock: bool,
+    /// Measure against another engine instead of candle's stock model, in the same run and on the same tokens,
+    /// for each thread count (--threads N, else 1 and 2): llama-cpp needs the llama-cpp-python package
+    /// (`pip install llama-cpp-python==0.3.36`).
+    #[arg(long, value_enum, value_name = "ENGINE")]
+    compare: Option<CompareWith>,
+    /// The Python interpreter that runs the llama.cpp side of --compare.
+    #[arg(long, value_name = "PATH", default_value = "python3", requires = "compare")]
+    python: PathBuf,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -55,22 +67,49 @@ impl BenchArgs {
     fn contexts(&self) -> Vec<usize> {
         let mut contexts = match &self.contexts {
             Some(list) => list.clone(),
+            None if self.context.is_empty() && self.compare.is_some() => bench_compare::DEFAULT_CONTEXTS.to_vec(),
             None if self.context.is_empty() => DEFAULT_CONTEXTS.to_vec(),
             None => Vec::new(),
         };
         contexts.extend(&self.context);
         contexts
     }
+
+    /// The --cache specs, else the default ones.
+    fn caches(&self) -> Vec<String> {
+        match (self.cache.is_empty(), self.compare) {
+            (false, _) => self.cache.clone(),
+            (true, Some(_)) => bench_compare::DEFAULT_CACHES.iter().map(ToString::to_string).collect(),
+            (true, None) => vec!["dense".to_string()],
+        }
+    }
 }
 
 /// Public-domain prose (Pride and Prejudice, chapter 1) cycled as bench input: real text gives
 /// real token statistics, and speed does not depend on which text it is. scripts/llama-cpp-bench.py
-/// reads the same file.
+/// can read the same file, but `--compare llama-cpp` hands it our token ids instead.
 const BENCH_TEXT: &str = include_str!("bench_text.txt");
+
+/// The tokens every bench cycles through: the bench text as `model`'s tokenizer encodes it.
+pub fn source_tokens(model: &LlamaModel) -> anyhow::Result<Vec<u32>> {
+    Ok(model.tokenizer().encode(BENCH_TEXT)?)
+}
 
 pub fn run(model_args: &ModelArgs, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     if let Some(OtherBench::Sessions(sessions)) = &args.other {
         return with_usage_exit(bench_sessions::run(model_args, sessions).map(|()| ExitCode::SUCCESS));
+    }
+    if let Some(CompareWith::LlamaCpp) = args.compare {
+        let plan = ComparePlan {
+            threads: model_args.threads.map_or_else(|| bench_compare::DEFAULT_THREADS.to_vec(), |n| vec![n]),
+            contexts: args.contexts(),
+            caches: args.caches(),
+            prefill: args.prefill,
+            decode: args.decode,
+            python: args.python.clone(),
+            json: args.json,
+        };
+        return with_usage_exit(bench_compare::run(model_args, &plan));
     }
     with_usage_exit(run_bench(model_args, args))
 }
@@ -82,18 +121,16 @@ fn run_bench(model_args: &ModelArgs, args: &BenchArgs) -> anyhow::Result<ExitCod
         );
     }
     // Syntax first, so a typo fails before the model loads; the sizes need the model.
-    for spec in &args.cache {
+    let specs = args.caches();
+    for spec in &specs {
         spec.parse::<CacheConfig>()?;
     }
     let model = model_args.load()?;
     let context_length = model.config().context_length;
-    let caches = args
-        .cache
-        .iter()
-        .map(|spec| CacheConfig::parse_for_model(spec, context_length))
-        .collect::<Result<Vec<_>, _>>()?;
+    let caches =
+        specs.iter().map(|spec| CacheConfig::parse_for_model(spec, context_length)).collect::<Result<Vec<_>, _>>()?;
     let plan = BenchPlan {
-        source_tokens: model.tokenizer().encode(BENCH_TEXT)?,
+        source_tokens: source_tokens(&model)?,
         prefill_tokens: args.prefill,
         decode_tokens: args.decode,
         contexts: args.contexts(),

@@ -2,6 +2,7 @@
 //! crate; this binary parses flags, prints, and turns errors into one line and an exit code.
 
 mod bench_command;
+mod bench_compare;
 mod bench_sessions;
 mod chat_command;
 mod eval_command;
