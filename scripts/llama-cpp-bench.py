@@ -11,7 +11,8 @@ Uses the llama-cpp-python package (a manual install that compiles llama.cpp:
     {"tool": "llama-cpp-python 0.3.36, flash_attn=True", "llama_cpp_version": "0.3.36",
      "model": "SmolLM2-135M-Instruct.Q4_1.gguf", "n_ctx_train": 8192, "source_tokens": 1234,
      "prefill_tokens": 512, "decode_tokens": 128,
-     "points": [{"threads": 1, "context": 0, "prefill_tok_s": 139.8, "decode_tok_s": 51.8}, ...]}
+     "points": [{"threads": 1, "context": 0, "prefill_tok_s": 139.8, "decode_tok_s": 51.8}, ...],
+     "peak_rss_mib": 310.2}
 
     python3 scripts/llama-cpp-bench.py [MODEL.gguf] [--threads 1,2] [--contexts 0,2048]
         [--prefill 512] [--decode 128] [--tokens-json IDS.json | --text FILE]
@@ -24,6 +25,7 @@ GGUF asks for it).
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 
@@ -176,6 +178,9 @@ def main():
         "prefill_tokens": args.prefill,
         "decode_tokens": args.decode,
         "points": results,
+        # The process's high-water resident set (Linux reports KiB), the Python interpreter included: one
+        # context per run makes it that context's figure.
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }))
 
 

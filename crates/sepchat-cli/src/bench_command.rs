@@ -38,8 +38,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 128)]
     decode: usize,
     /// Skip candle's stock model.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "stock_only")]
     no_stock: bool,
+    /// Measure only candle's stock model (with a dense cache), so this process's peak memory is its own.
+    #[arg(long, conflicts_with_all = ["compare", "cache"])]
+    stock_only: bool,
     /// Measure against another engine instead of candle's stock model, in the same run and on the same tokens,
     /// for each thread count (--threads N, else 1 and 2): llama-cpp needs the llama-cpp-python package
     /// (`pip install llama-cpp-python==0.3.36`).
@@ -137,6 +140,15 @@ fn run_bench(model_args: &ModelArgs, args: &BenchArgs) -> anyhow::Result<ExitCod
     };
     let mut rows = Vec::new();
     for cache in &caches {
+        if args.stock_only {
+            // Rows without our numbers: the stock columns alone.
+            rows.extend(plan.contexts.iter().map(|&context| Row {
+                cache: cache.clone(),
+                ours: BenchPoint { context, prefill_tokens_per_second: None, decode_tokens_per_second: None, kv_bytes_held: None },
+                stock: None,
+            }));
+            continue;
+        }
         eprintln!("measuring sepchat with cache {cache} ...");
         let points = bench_sepchat(&model, &plan, cache)?;
         rows.extend(points.into_iter().map(|point| Row { cache: cache.clone(), ours: point, stock: None }));
@@ -149,6 +161,7 @@ fn run_bench(model_args: &ModelArgs, args: &BenchArgs) -> anyhow::Result<ExitCod
             row.stock = stock.iter().find(|s| s.context == row.ours.context).copied();
         }
     }
+    let peak_rss_mib = peak_rss_bytes().map(|bytes| bytes as f64 / (1024.0 * 1024.0));
     let threads = std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
@@ -161,16 +174,18 @@ fn run_bench(model_args: &ModelArgs, args: &BenchArgs) -> anyhow::Result<ExitCod
             "prefill_tokens": args.prefill,
             "decode_tokens": args.decode,
             "caches": caches.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "peak_rss_mib": peak_rss_mib,
             "points": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
         });
         println!("{value}");
     } else {
         println!(
-            "model {} | device {} | threads {threads} | prefill {} tok | decode {} tok",
+            "model {} | device {} | threads {threads} | prefill {} tok | decode {} tok | peak RSS {} MiB",
             model.path().display(),
             sepchat_engine::device::device_name(model.device()),
             args.prefill,
             args.decode,
+            number(peak_rss_mib),
         );
         let cache_width = rows.iter().map(|row| row.cache.to_string().len()).max().unwrap_or(0).max("cache".len());
         println!(
@@ -249,6 +264,16 @@ impl Row {
             "decode_ratio": self.decode_ratio(),
         })
     }
+}
+
+/// The most memory this process has held (VmHWM: the high-water mark of its resident set), model
+/// and every cache of the run included; `None` where /proc is not there (not Linux). Measure one
+/// setting per process when the figure should belong to that setting alone.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: u64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
 }
 
 fn number(value: Option<f64>) -> String {

@@ -525,3 +525,29 @@ fn bench_measures_several_caches_and_reports_na_past_a_dense_capacity() {
     assert!(small["sepchat"]["decode_tok_s"].is_null() && small["sepchat"]["prefill_tok_s"].is_null(), "{small}");
     assert!(point("dense:c=64", 0)["sepchat"]["decode_tok_s"].is_number());
 }
+
+/// `bench --stock-only` measures candle's stock model alone (its own process, so its own peak
+/// memory), and every bench reports the process's peak resident memory, which holds at least the
+/// model's weights.
+#[test]
+fn bench_stock_only_measures_the_stock_model_alone_and_reports_peak_memory() {
+    let model_mib = std::fs::metadata(default_model()).expect("model file").len() as f64 / (1024.0 * 1024.0);
+    let output = run(
+        sepchat().args(["bench", "--stock-only", "--contexts", "0,20", "--prefill", "4", "--decode", "2", "--json"]),
+        TIMEOUT,
+    );
+    assert_success(&output, "bench --stock-only ...");
+    let report: serde_json::Value = serde_json::from_str(output.stdout.trim_end())
+        .unwrap_or_else(|error| panic!("bench --json did not print JSON ({error}): {:?}", output.stdout));
+    let points = report["points"].as_array().expect("points");
+    assert_eq!(points.len(), 2, "{report}");
+    for point in points {
+        assert!(point["candle_stock"]["decode_tok_s"].as_f64().is_some_and(|v| v > 0.0), "{point}");
+        assert!(point["candle_stock"]["prefill_tok_s"].as_f64().is_some_and(|v| v > 0.0), "{point}");
+        assert!(point["sepchat"]["decode_tok_s"].is_null() && point["sepchat"]["prefill_tok_s"].is_null(), "{point}");
+    }
+    let peak = report["peak_rss_mib"].as_f64().expect("peak_rss_mib");
+    assert!(peak > model_mib, "peak RSS {peak} MiB is below the model's {model_mib} MiB");
+    let refused = run(sepchat().args(["bench", "--stock-only", "--no-stock"]), TIMEOUT);
+    assert!(!refused.status.success(), "--stock-only with --no-stock must be refused");
+}

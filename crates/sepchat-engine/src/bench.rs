@@ -69,18 +69,54 @@ pub fn bench_sepchat(model: &LlamaModel, plan: &BenchPlan, cache_config: &CacheC
     // A dense cache refuses tokens past its capacity: that point is n/a, not a failed bench.
     // A measurement of 0 tokens is skipped, so a long fill can serve decode alone.
     let fits = |context: usize, extra: usize| extra > 0 && (policy.evicts() || context + extra <= policy.capacity());
+    struct Decoding {
+        point: usize,
+        cache: KvCache,
+        steps: Vec<u32>,
+        done: usize,
+        seconds: f64,
+    }
     let mut points = Vec::new();
-    for &context in &plan.contexts {
+    let mut decoding = Vec::new();
+    for (point, &context) in plan.contexts.iter().enumerate() {
+        let (measure_prefill, measure_decode) = (fits(context, plan.prefill_tokens), fits(context, plan.decode_tokens));
         let mut prefill = None;
         let mut kv_bytes_held = None;
-        if fits(context, plan.prefill_tokens) {
+        if measure_prefill || measure_decode {
+            // One fill serves both measurements: filling 32,768 tokens takes minutes.
             let mut cache = model.new_cache(cache_config.clone());
-            fill(model, &mut cache, &plan.tokens(0, context))?;
-            let prompt = plan.tokens(context, plan.prefill_tokens);
-            let started = Instant::now();
-            model.prefill(&prompt, &mut cache, DEFAULT_PREFILL_CHUNK)?;
-            prefill = Some(plan.prefill_tokens as f64 / started.elapsed().as_secs_f64());
-            kv_bytes_held = Some(cache.stats().bytes_held);
+            let context_tokens = plan.tokens(0, context);
+            fill(model, &mut cache, &context_tokens)?;
+            let mut decode_cache = None;
+            if measure_prefill {
+                // The decode run needs the cache as filled: an evicting cache (bounded, so the copy is
+                // small) is copied through a snapshot; a dense one is cut back after the prefill.
+                let snapshot = if measure_decode && policy.evicts() { Some(snapshot_of(&cache, &context_tokens)?) } else { None };
+                let prompt = plan.tokens(context, plan.prefill_tokens);
+                let started = Instant::now();
+                model.prefill(&prompt, &mut cache, DEFAULT_PREFILL_CHUNK)?;
+                prefill = Some(plan.prefill_tokens as f64 / started.elapsed().as_secs_f64());
+                kv_bytes_held = Some(cache.stats().bytes_held);
+                if measure_decode {
+                    decode_cache = Some(match snapshot {
+                        Some(bytes) => restore(model, cache_config, &bytes)?,
+                        None => {
+                            if !cache.truncate(context) {
+                                // Only a compacted cache refuses, and a dense one never compacts; stay correct anyway.
+                                cache = model.new_cache(cache_config.clone());
+                                fill(model, &mut cache, &context_tokens)?;
+                            }
+                            cache
+                        }
+                    });
+                }
+            } else {
+                decode_cache = Some(cache);
+            }
+            if let Some(cache) = decode_cache {
+                let steps = plan.tokens(context, plan.decode_tokens);
+                decoding.push(Decoding { point, cache, steps, done: 0, seconds: 0.0 });
+            }
         }
         points.push(BenchPoint {
             context,
@@ -90,22 +126,6 @@ pub fn bench_sepchat(model: &LlamaModel, plan: &BenchPlan, cache_config: &CacheC
         });
     }
 
-    struct Decoding {
-        point: usize,
-        cache: KvCache,
-        steps: Vec<u32>,
-        done: usize,
-        seconds: f64,
-    }
-    let mut decoding = Vec::new();
-    for (point, &context) in plan.contexts.iter().enumerate() {
-        if fits(context, plan.decode_tokens) {
-            let mut cache = model.new_cache(cache_config.clone());
-            fill(model, &mut cache, &plan.tokens(0, context))?;
-            let steps = plan.tokens(context, plan.decode_tokens);
-            decoding.push(Decoding { point, cache, steps, done: 0, seconds: 0.0 });
-        }
-    }
     while decoding.iter().any(|run| run.done < run.steps.len()) {
         for run in decoding.iter_mut().filter(|run| run.done < run.steps.len()) {
             let burst = run.steps.len().min(run.done + DECODE_BURST);
@@ -123,6 +143,22 @@ pub fn bench_sepchat(model: &LlamaModel, plan: &BenchPlan, cache_config: &CacheC
         point.kv_bytes_held = Some(run.cache.stats().bytes_held);
     }
     Ok(points)
+}
+
+/// Name the bench's throwaway snapshots carry instead of a model fingerprint: they never leave the process.
+const BENCH_SNAPSHOT: &str = "sepchat bench";
+
+/// A copy of `cache` as a snapshot; `fed` are the tokens it was fed (the snapshot checks them against its counters).
+fn snapshot_of(cache: &KvCache, fed: &[u32]) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    cache.write_snapshot(&mut bytes, fed, BENCH_SNAPSHOT)?;
+    Ok(bytes)
+}
+
+fn restore(model: &LlamaModel, cache_config: &CacheConfig, snapshot: &[u8]) -> Result<KvCache> {
+    let mut cache = model.new_cache(cache_config.clone());
+    cache.read_snapshot(&mut &snapshot[..], BENCH_SNAPSHOT)?;
+    Ok(cache)
 }
 
 fn fill(model: &LlamaModel, cache: &mut KvCache, tokens: &[u32]) -> Result<()> {
