@@ -7,11 +7,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HOST, ORIGIN, WWW_AUTHENTICATE};
-use reqwest::{Client, RequestBuilder, Response, StatusCode};
-use sepchat_core::api::{ConversationInfo, LoadModelRequest, SendResult};
-use sepchat_core::App;
-use sepchat_server::{ApiToken, Server, ServerConfig};
+use reqwest::{RequestBuilder, Response, StatusCode};
+use sepchat_core::api::{ConversationInfo, SendResult};
+use sepchat_server::{ApiToken, ServerConfig};
 use serde_json::{json, Value};
+
+mod support;
+use support::{SseReader, TestServer};
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 const MODEL_ID: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -19,33 +21,10 @@ const MODEL_ID: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const PLAIN_SYSTEM_PROMPT: &str = "You are a helpful assistant";
 const FRANCE: &str = "What is the capital of France?";
 
-struct TestServer {
-    _dir: tempfile::TempDir,
-    base: String,
-    client: Client,
-}
-
 impl TestServer {
-    async fn start(with_model: bool, config: ServerConfig) -> TestServer {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let app = App::open(dir.path()).await.expect("open the app");
-        if with_model {
-            let request = LoadModelRequest { path: Some(default_model()), device: Some("cpu".into()) };
-            app.load_model(request).await.expect("load the default model");
-        }
-        let server = Server::bind(app, ServerConfig { port: Some(0), ..config }).await.expect("bind");
-        let base = format!("http://{}", server.local_addr());
-        tokio::spawn(server.run(std::future::pending()));
-        TestServer { _dir: dir, base, client: Client::new() }
-    }
-
     /// With the API on, behind [`TOKEN`].
     async fn with_api(with_model: bool) -> TestServer {
         TestServer::start(with_model, api_config()).await
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
     }
 
     fn get(&self, path: &str) -> RequestBuilder {
@@ -72,7 +51,7 @@ impl TestServer {
         let mut events = SseReader::new(response);
         let mut chunks = Vec::new();
         let mut done = false;
-        while let Some(data) = events.next().await {
+        while let Some(data) = events.next_data().await {
             assert!(!done, "nothing may follow [DONE]: {data}");
             if data == "[DONE]" {
                 done = true;
@@ -89,12 +68,6 @@ fn api_config() -> ServerConfig {
     ServerConfig { api: Some(ApiToken::new(TOKEN).expect("a valid token")), ..ServerConfig::default() }
 }
 
-fn default_model() -> String {
-    let path = sepchat_gguf::default_model::default_model_path().expect("no home directory for the default model");
-    assert!(path.is_file(), "the default model is missing at {}: run `make fetch-model` first", path.display());
-    path.to_string_lossy().into_owned()
-}
-
 fn chat(system: &str, user: &str, max_tokens: u64) -> Value {
     json!({
         "model": "gpt-4o-mini",
@@ -102,39 +75,6 @@ fn chat(system: &str, user: &str, max_tokens: u64) -> Value {
         "temperature": 0,
         "max_tokens": max_tokens,
     })
-}
-
-/// The `data:` of each server-sent event, as they arrive (comments skipped).
-struct SseReader {
-    response: Response,
-    buffer: Vec<u8>,
-}
-
-impl SseReader {
-    fn new(response: Response) -> SseReader {
-        let content_type = response.headers().get(CONTENT_TYPE).and_then(|value| value.to_str().ok());
-        assert_eq!(content_type, Some("text/event-stream"));
-        SseReader { response, buffer: Vec::new() }
-    }
-
-    async fn next(&mut self) -> Option<String> {
-        loop {
-            while let Some(end) = self.buffer.windows(2).position(|pair| pair == b"\n\n") {
-                let frame: Vec<u8> = self.buffer.drain(..end + 2).collect();
-                let frame = String::from_utf8(frame).expect("utf-8 events");
-                let data: Vec<&str> = frame
-                    .lines()
-                    .filter_map(|line| line.strip_prefix("data:"))
-                    .map(|data| data.strip_prefix(' ').unwrap_or(data))
-                    .collect();
-                if !data.is_empty() {
-                    return Some(data.join("\n"));
-                }
-            }
-            let chunk = self.response.chunk().await.expect("read the event stream")?;
-            self.buffer.extend_from_slice(&chunk);
-        }
-    }
 }
 
 async fn error_of(response: Response, status: StatusCode) -> Value {
@@ -382,7 +322,7 @@ async fn clients_that_leave_stop_their_generations_even_while_queued() {
     assert_eq!(running.status(), StatusCode::OK);
     let mut running = SseReader::new(running);
     for _ in 0..4 {
-        running.next().await.expect("the stream goes on");
+        running.next_data().await.expect("the stream goes on");
     }
 
     // A second one waits for its turn (no event yet); its client leaves while it waits.

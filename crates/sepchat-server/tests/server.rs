@@ -5,108 +5,16 @@
 use std::time::{Duration, Instant};
 
 use reqwest::header::{CONTENT_TYPE, HOST, ORIGIN};
-use reqwest::{Client, Response, StatusCode};
-use sepchat_core::api::{ConversationInfo, ConversationView, LoadModelRequest, MessageStatus, SendResult};
-use sepchat_core::App;
-use sepchat_server::{Server, ServerConfig};
+use reqwest::StatusCode;
+use sepchat_core::api::{ConversationInfo, ConversationView, MessageStatus, SendResult};
+use sepchat_server::ServerConfig;
 use serde_json::{json, Value};
 
-struct TestServer {
-    _dir: tempfile::TempDir,
-    base: String,
-    client: Client,
-}
-
-impl TestServer {
-    async fn start(with_model: bool, config: ServerConfig) -> TestServer {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let app = App::open(dir.path()).await.expect("open the app");
-        if with_model {
-            let request = LoadModelRequest { path: Some(default_model()), device: Some("cpu".into()) };
-            app.load_model(request).await.expect("load the default model");
-        }
-        let server = Server::bind(app, ServerConfig { port: Some(0), ..config }).await.expect("bind");
-        let base = format!("http://{}", server.local_addr());
-        tokio::spawn(server.run(std::future::pending()));
-        TestServer { _dir: dir, base, client: Client::new() }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn rpc(&self, method: &str, body: Value) -> Response {
-        self.client.post(self.url(&format!("/rpc/{method}"))).json(&body).send().await.expect("send the request")
-    }
-
-    /// A method that must succeed, its answer parsed.
-    async fn call<T: serde::de::DeserializeOwned>(&self, method: &str, body: Value) -> T {
-        let response = self.rpc(method, body).await;
-        let status = response.status();
-        let text = response.text().await.expect("read the body");
-        assert_eq!(status, StatusCode::OK, "{method}: {text}");
-        serde_json::from_str(&text).unwrap_or_else(|error| panic!("{method}: {error}: {text}"))
-    }
-}
-
-fn default_model() -> String {
-    let path = sepchat_gguf::default_model::default_model_path().expect("no home directory for the default model");
-    assert!(path.is_file(), "the default model is missing at {}: run `make fetch-model` first", path.display());
-    path.to_string_lossy().into_owned()
-}
+mod support;
+use support::{SseReader, TestServer};
 
 fn greedy(max_tokens: u64) -> Value {
     json!({"temperature": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0, "max_tokens": max_tokens})
-}
-
-/// One server-sent event: its `event:` name (`message` when absent) and its `data:`.
-#[derive(Debug)]
-struct SseEvent {
-    name: String,
-    data: String,
-}
-
-/// Reads server-sent events from a response as they arrive.
-struct SseReader {
-    response: Response,
-    /// Bytes, not text: a chunk may end inside a UTF-8 character.
-    buffer: Vec<u8>,
-}
-
-impl SseReader {
-    fn new(response: Response) -> SseReader {
-        let content_type = response.headers().get(CONTENT_TYPE).and_then(|value| value.to_str().ok());
-        assert_eq!(content_type, Some("text/event-stream"));
-        SseReader { response, buffer: Vec::new() }
-    }
-
-    /// The next event (comments skipped); `None` at the end of the stream.
-    async fn next(&mut self) -> Option<SseEvent> {
-        loop {
-            while let Some(end) = self.buffer.windows(2).position(|pair| pair == b"\n\n") {
-                let frame: Vec<u8> = self.buffer.drain(..end + 2).collect();
-                let frame = String::from_utf8(frame).expect("utf-8 events");
-                let mut event = SseEvent { name: "message".into(), data: String::new() };
-                let mut has_data = false;
-                for line in frame.lines() {
-                    if let Some(name) = line.strip_prefix("event:") {
-                        event.name = name.trim().to_string();
-                    } else if let Some(data) = line.strip_prefix("data:") {
-                        if has_data {
-                            event.data.push('\n');
-                        }
-                        event.data.push_str(data.strip_prefix(' ').unwrap_or(data));
-                        has_data = true;
-                    }
-                }
-                if has_data {
-                    return Some(event);
-                }
-            }
-            let chunk = self.response.chunk().await.expect("read the event stream")?;
-            self.buffer.extend_from_slice(&chunk);
-        }
-    }
 }
 
 /// Sends `head` (with `{host}` replaced by the server's address) over a plain TCP connection and returns the
