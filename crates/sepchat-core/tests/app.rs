@@ -9,36 +9,17 @@ use std::sync::{Arc, Mutex};
 
 use sepchat_core::api::{
     CacheSource, ChatEvent, EditMessageRequest, ErrorCode, ExportFormat, ExportRequest, ImportRequest, KvStats,
-    LoadModelRequest, MessageStatus, NewConversationRequest, RegenerateRequest, Role, Sampling, SendMessageRequest,
-    SendResult, StreamOptions,
+    MessageStatus, NewConversationRequest, RegenerateRequest, Role, Sampling, SendMessageRequest, SendResult,
+    StreamOptions,
 };
 use sepchat_core::App;
 use sepchat_store::FullConversation;
 
-fn default_model() -> String {
-    let path = sepchat_gguf::default_model::default_model_path().expect("no home directory for the default model");
-    assert!(path.is_file(), "the default model is missing at {}: run `make fetch-model` first", path.display());
-    path.to_string_lossy().into_owned()
-}
+mod support;
+use support::greedy;
 
 async fn app() -> (tempfile::TempDir, App) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let app = App::open(dir.path()).await.expect("open the app");
-    let request = LoadModelRequest { path: Some(default_model()), device: Some("cpu".into()) };
-    app.load_model(request).await.expect("load the default model");
-    (dir, app)
-}
-
-fn greedy(max_tokens: u64) -> Sampling {
-    Sampling {
-        temperature: Some(0.0),
-        top_p: Some(1.0),
-        top_k: Some(0),
-        min_p: Some(0.0),
-        repeat_penalty: Some(1.0),
-        max_tokens: Some(max_tokens),
-        ..Sampling::default()
-    }
+    support::app_with_model().await
 }
 
 async fn conversation(app: &App, max_tokens: u64, cache_profile: Option<&str>) -> i64 {

@@ -5,30 +5,15 @@
 //! Needs the default model and fails (never skips) without it.
 
 use sepchat_core::api::{
-    CacheMapSegment, ErrorCode, KvStats, LoadModelRequest, MessageStatus, NewConversationRequest, Role, Sampling,
+    CacheMapSegment, ErrorCode, KvStats, LoadModelRequest, MessageStatus, NewConversationRequest, Role,
     SendMessageRequest, StreamOptions, TokenState,
 };
 use sepchat_core::App;
 
+mod support;
+use support::{default_model, greedy};
+
 const SMALL_CACHE: &str = "sep:a=4,s=16,w=32,c=64";
-
-fn default_model() -> String {
-    let path = sepchat_gguf::default_model::default_model_path().expect("no home directory for the default model");
-    assert!(path.is_file(), "the default model is missing at {}: run `make fetch-model` first", path.display());
-    path.to_string_lossy().into_owned()
-}
-
-fn greedy(max_tokens: u64) -> Sampling {
-    Sampling {
-        temperature: Some(0.0),
-        top_p: Some(1.0),
-        top_k: Some(0),
-        min_p: Some(0.0),
-        repeat_penalty: Some(1.0),
-        max_tokens: Some(max_tokens),
-        ..Sampling::default()
-    }
-}
 
 async fn send(app: &App, conversation_id: i64, text: &str) {
     let request = SendMessageRequest { conversation_id, text: text.into(), stream: StreamOptions::default() };
