@@ -15,7 +15,7 @@ Uses the llama-cpp-python package (a manual install that compiles llama.cpp:
      "peak_rss_mib": 310.2}
 
     python3 scripts/llama-cpp-bench.py [MODEL.gguf] [--threads 1,2] [--contexts 0,2048]
-        [--prefill 512] [--decode 128] [--tokens-json IDS.json | --text FILE]
+        [--prefill 512] [--decode 128] [--flash-attn on|off] [--tokens-json IDS.json | --text FILE]
 
 `sepchat bench --compare llama-cpp` runs this script (embedded in the binary) with `--tokens-json`
 holding the ids our own bench feeds, so both engines see identical tokens. Without it the script
@@ -61,6 +61,8 @@ def parse_args():
     parser.add_argument("--contexts", type=int_list, default=[0, 2048], help="tokens of context before each measurement (default 0,2048)")
     parser.add_argument("--prefill", type=int, default=512, help="prompt tokens for the prefill measurement (0 skips it)")
     parser.add_argument("--decode", type=int, default=128, help="tokens decoded one at a time (0 skips it)")
+    parser.add_argument("--flash-attn", choices=["on", "off"], default="on",
+                        help="llama.cpp's flash attention (default on, its CPU default; off decodes faster at long contexts)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--tokens-json", help="a JSON array of token ids to cycle as input (what `sepchat bench` feeds)")
     source.add_argument("--text", help="a text file to tokenize and cycle as input (default: the repository's bench text)")
@@ -90,7 +92,7 @@ def main():
 
     def load(threads, n_ctx):
         return Llama(model_path=args.model, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                     n_batch=512, flash_attn=True, verbose=False)
+                     n_batch=512, flash_attn=args.flash_attn == "on", verbose=False)
 
     # A small context only to read the trained context length and, without --tokens-json, tokenize.
     probe = load(args.threads[0], 64)
@@ -170,7 +172,7 @@ def main():
         contexts.clear()
 
     print(json.dumps({
-        "tool": f"llama-cpp-python {llama_cpp.__version__}, flash_attn=True",
+        "tool": f"llama-cpp-python {llama_cpp.__version__}, flash_attn={args.flash_attn == 'on'}",
         "llama_cpp_version": llama_cpp.__version__,
         "model": os.path.basename(args.model),
         "n_ctx_train": n_ctx_train,

@@ -48,6 +48,9 @@ pub struct BenchArgs {
     /// (`pip install llama-cpp-python==0.3.36`).
     #[arg(long, value_enum, value_name = "ENGINE")]
     compare: Option<CompareWith>,
+    /// llama.cpp's flash attention in --compare: on (its CPU default) or off (faster decode at long contexts).
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"], requires = "compare")]
+    llama_flash_attn: String,
     /// The Python interpreter that runs the llama.cpp side of --compare.
     #[arg(long, value_name = "PATH", default_value = "python3", requires = "compare")]
     python: PathBuf,
@@ -110,6 +113,7 @@ pub fn run(model_args: &ModelArgs, args: &BenchArgs) -> anyhow::Result<ExitCode>
             prefill: args.prefill,
             decode: args.decode,
             python: args.python.clone(),
+            llama_flash_attn: args.llama_flash_attn == "on",
             json: args.json,
         };
         return with_usage_exit(bench_compare::run(model_args, &plan));

@@ -49,6 +49,8 @@ pub struct ComparePlan {
     pub prefill: usize,
     pub decode: usize,
     pub python: PathBuf,
+    /// llama.cpp's flash attention: its CPU default, but slower than without at long contexts.
+    pub llama_flash_attn: bool,
     pub json: bool,
 }
 
@@ -186,7 +188,8 @@ fn measure_llama_cpp(
         .arg("--tokens-json")
         .arg(ids)
         .args(["--threads", &threads.to_string(), "--contexts", &join_numbers(&plan.contexts)])
-        .args(["--prefill", &plan.prefill.to_string(), "--decode", &plan.decode.to_string()]);
+        .args(["--prefill", &plan.prefill.to_string(), "--decode", &plan.decode.to_string()])
+        .args(["--flash-attn", if plan.llama_flash_attn { "on" } else { "off" }]);
     let stdout = run_captured(&mut command, &format!("the llama.cpp bench with {threads} thread(s)"))?;
     parse_llama_cpp_report(&stdout)
 }
@@ -437,6 +440,7 @@ mod tests {
             prefill: 512,
             decode: 128,
             python: PathBuf::from("python3"),
+            llama_flash_attn: true,
             json: false,
         }
     }
