@@ -8,7 +8,9 @@
 //! near-equal tokens and makes llama.cpp's outputs unusable as a golden. Here every step follows
 //! ggml (`quantize_row_q8_1`, `ggml_vec_dot_q4_1_q8_1`, `ggml_vec_dot_q8_0_q8_0` for AVX2):
 //! the same 8 float lanes of 4-element integer sums, the same fused multiply-adds, the same
-//! horizontal sum. The AVX2 path and the portable path give bit-identical results (tested).
+//! horizontal sum. The AVX2 paths (several output rows per call, their block loops interleaved,
+//! weights prefetched ahead; integer sums with maddubs or VNNI's dpbusd) and the portable path
+//! give bit-identical results (tested).
 //! Other quantization types still go through candle.
 
 use std::sync::Arc;
@@ -177,21 +179,8 @@ impl QuantMatrix {
         }
         let values = input.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let activations: Vec<QuantizedRow> = values.chunks_exact(k).map(QuantizedRow::new).collect();
-        // Output rows are computed in parallel, in chunks big enough to amortise scheduling.
         let n_out = self.n_out;
-        let mut transposed = vec![0f32; n_out * m];
-        let rows_per_task = 16;
-        transposed.par_chunks_mut(rows_per_task * m).enumerate().for_each(|(task, out)| {
-            for (offset, out_row) in out.chunks_exact_mut(m).enumerate() {
-                let weights = self.row(task * rows_per_task + offset);
-                for (slot, activation) in out_row.iter_mut().zip(&activations) {
-                    *slot = match self.weight_type {
-                        WeightType::Q4_1 => dot_q4_1_q8_1(weights, activation),
-                        WeightType::Q8_0 => dot_q8_0_q8_0(weights, activation),
-                    };
-                }
-            }
-        });
+        let transposed = self.products(Kernel::detect(), &activations);
         let output = if m == 1 {
             transposed
         } else {
@@ -204,6 +193,123 @@ impl QuantMatrix {
             output
         };
         Ok(Tensor::from_vec(output, (m, n_out), &Device::Cpu)?)
+    }
+}
+
+impl QuantMatrix {
+    /// All dot products, `[n_out, activations.len()]` (the transpose of the output).
+    fn products(&self, kernel: Kernel, activations: &[QuantizedRow]) -> Vec<f32> {
+        let m = activations.len();
+        let n_out = self.n_out;
+        let row_bytes = (self.k / BLOCK) * self.weight_type.block_bytes();
+        let mut transposed = vec![0f32; n_out * m];
+        if m == 0 {
+            return transposed;
+        }
+        // Output rows are computed in parallel, in chunks big enough to amortise scheduling, and
+        // within a chunk ROW_GROUP rows at a time (their independent block loops interleaved).
+        let rows_per_task = 4 * ROW_GROUP;
+        transposed.par_chunks_mut(rows_per_task * m).enumerate().for_each(|(task, out)| {
+            let first_row = task * rows_per_task;
+            let n_rows = out.len() / m;
+            let mut group = [0f32; ROW_GROUP];
+            let mut row = 0;
+            while row < n_rows {
+                let size = if n_rows - row >= ROW_GROUP { ROW_GROUP } else { 1 };
+                let weights = &self.bytes[(first_row + row) * row_bytes..(first_row + row + size) * row_bytes];
+                for (column, activation) in activations.iter().enumerate() {
+                    kernel.dot_rows(self.weight_type, weights, activation, &mut group[..size]);
+                    for (offset, &value) in group[..size].iter().enumerate() {
+                        out[(row + offset) * m + column] = value;
+                    }
+                }
+                row += size;
+            }
+        });
+        transposed
+    }
+}
+
+/// Output rows whose dot products one kernel call computes together.
+const ROW_GROUP: usize = 4;
+
+/// Which implementation computes the dot products; all give bit-identical results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    Portable,
+    /// AVX2 + FMA + F16C, ggml's maddubs/madd integer sums.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// As `Avx2`, the integer sums with AVX-VNNI's `vpdpbusd` (the same i32 sums).
+    #[cfg(target_arch = "x86_64")]
+    AvxVnni,
+    /// As `AvxVnni`, with the EVEX (AVX512-VNNI + VL) encoding of `vpdpbusd` on 256 bits.
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU can run (detected once).
+    fn detect() -> Self {
+        static DETECTED: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| Self::available().last().copied().unwrap_or(Self::Portable))
+    }
+
+    /// Every kernel this CPU can run, the fastest last (tests compare them all).
+    fn available() -> Vec<Self> {
+        #[cfg(target_arch = "x86_64")]
+        let all = [Self::Portable, Self::Avx2, Self::Avx512Vnni, Self::AvxVnni];
+        #[cfg(not(target_arch = "x86_64"))]
+        let all = [Self::Portable];
+        all.into_iter().filter(|kernel| kernel.supported()).collect()
+    }
+
+    /// Whether this CPU has every feature the kernel uses (cached by std; a constant when the
+    /// build's target features already include them).
+    fn supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            let avx2 = || has!("avx2") && has!("fma") && has!("f16c");
+            match self {
+                Self::Portable => true,
+                Self::Avx2 => avx2(),
+                Self::AvxVnni => avx2() && has!("avxvnni"),
+                Self::Avx512Vnni => avx2() && has!("avx512vnni") && has!("avx512vl"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        true
+    }
+
+    /// Dot products of `out.len()` consecutive weight rows (`weights`, whole rows) with
+    /// `activation`, each row computed exactly as the portable one-row kernels compute it. A
+    /// kernel the CPU cannot run falls back to the portable one (same bits, only slower).
+    fn dot_rows(self, weight_type: WeightType, weights: &[u8], activation: &QuantizedRow, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if self != Self::Portable && self.supported() {
+            if let Ok(group) = <&mut [f32; ROW_GROUP]>::try_from(&mut *out) {
+                // SAFETY: `supported` checked just above that the CPU has every feature this
+                // kernel needs; the kernels check the lengths of the slices they read.
+                unsafe { x86::dot_rows(self, weight_type, weights, activation, group) };
+                return;
+            }
+            let row_bytes = weights.len() / out.len().max(1);
+            for (slot, row) in out.iter_mut().zip(weights.chunks_exact(row_bytes.max(1))) {
+                let mut one = [0f32; 1];
+                // SAFETY: as above.
+                unsafe { x86::dot_rows(self, weight_type, row, activation, &mut one) };
+                *slot = one[0];
+            }
+            return;
+        }
+        let row_bytes = weights.len() / out.len().max(1);
+        for (slot, row) in out.iter_mut().zip(weights.chunks_exact(row_bytes.max(1))) {
+            *slot = match weight_type {
+                WeightType::Q4_1 => dot_q4_1_q8_1_portable(row, activation),
+                WeightType::Q8_0 => dot_q8_0_q8_0_portable(row, activation),
+            };
+        }
     }
 }
 
@@ -251,25 +357,6 @@ fn horizontal_sum(lanes: [f32; 8]) -> f32 {
     ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
 }
 
-fn dot_q4_1_q8_1(weights: &[u8], activation: &QuantizedRow) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports AVX2 and FMA (checked just above); the kernel reads only
-        // inside the slices it is given, whose lengths it checks.
-        return unsafe { x86::dot_q4_1_q8_1(weights, activation) };
-    }
-    dot_q4_1_q8_1_portable(weights, activation)
-}
-
-fn dot_q8_0_q8_0(weights: &[u8], activation: &QuantizedRow) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: as above.
-        return unsafe { x86::dot_q8_0_q8_0(weights, activation) };
-    }
-    dot_q8_0_q8_0_portable(weights, activation)
-}
-
 /// Lane l of a block holds the integer sum over elements 4l..4l+4 (ggml's maddubs + madd).
 fn dot_q4_1_q8_1_portable(weights: &[u8], activation: &QuantizedRow) -> f32 {
     let mut lanes = [0f32; 8];
@@ -310,62 +397,235 @@ fn dot_q8_0_q8_0_portable(weights: &[u8], activation: &QuantizedRow) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    //! The same arithmetic with AVX2 intrinsics, instruction for instruction as in ggml.
+    //! The same arithmetic with AVX2 intrinsics, instruction for instruction as in ggml, for
+    //! `N` rows at once: each row keeps its own accumulator, block order and minimum sum, so
+    //! its result is exactly the one-row result; only the rows' instructions are interleaved
+    //! (their dependency chains are independent) and the activation block is loaded once.
 
     use std::arch::x86_64::*;
 
-    use super::{horizontal_sum, read_f16, QuantizedRow, BLOCK, Q4_1_BYTES, Q8_0_BYTES};
+    use super::{horizontal_sum, Kernel, QuantizedRow, WeightType, BLOCK, Q4_1_BYTES, Q8_0_BYTES};
 
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot_q4_1_q8_1(weights: &[u8], activation: &QuantizedRow) -> f32 {
-        let n_blocks = weights.len() / Q4_1_BYTES;
-        assert!(activation.quants.len() >= n_blocks * BLOCK && activation.scales.len() >= n_blocks);
-        let mut accumulator = _mm256_setzero_ps();
-        let mut minimum_sum = 0f32;
-        let low_mask = _mm256_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
-        for block_idx in 0..n_blocks {
-            let block = &weights[block_idx * Q4_1_BYTES..][..Q4_1_BYTES];
-            let (scale, minimum) = (read_f16(block, 0), read_f16(block, 2));
-            minimum_sum = minimum.mul_add(activation.sums[block_idx], minimum_sum);
-            let combined = _mm256_set1_ps(scale * activation.scales[block_idx]);
-            // SAFETY: `block[4..20]` is 16 bytes and the quants slice is 32 bytes (asserted above).
-            let packed = _mm_loadu_si128(block[4..].as_ptr().cast());
-            let nibbles = _mm256_and_si256(low_mask, _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed));
-            let quants = _mm256_loadu_si256(activation.quants[block_idx * BLOCK..].as_ptr().cast());
-            let pairs = _mm256_maddubs_epi16(nibbles, quants);
-            let products = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, pairs));
-            accumulator = _mm256_fmadd_ps(combined, products, accumulator);
-        }
-        horizontal_sum(lanes(accumulator)) + minimum_sum
+    /// How a block's 32 u8 x i8 products become 8 i32 sums of 4.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum IntegerSums {
+        /// ggml's AVX2 `maddubs` (pairs, no saturation here) then `madd` with ones.
+        MaddUbs,
+        /// `vpdpbusd` with VEX encoding (AVX-VNNI).
+        AvxVnni,
+        /// `vpdpbusd` with EVEX encoding (AVX512-VNNI + AVX512-VL).
+        Avx512Vnni,
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot_q8_0_q8_0(weights: &[u8], activation: &QuantizedRow) -> f32 {
-        let n_blocks = weights.len() / Q8_0_BYTES;
-        assert!(activation.quants.len() >= n_blocks * BLOCK && activation.scales.len() >= n_blocks);
-        let mut accumulator = _mm256_setzero_ps();
-        let ones = _mm256_set1_epi16(1);
-        for block_idx in 0..n_blocks {
-            let block = &weights[block_idx * Q8_0_BYTES..][..Q8_0_BYTES];
-            let combined = _mm256_set1_ps(read_f16(block, 0) * activation.scales[block_idx]);
-            // SAFETY: `block[2..34]` and the quants slice are 32 bytes each.
-            let x = _mm256_loadu_si256(block[2..].as_ptr().cast());
-            let y = _mm256_loadu_si256(activation.quants[block_idx * BLOCK..].as_ptr().cast());
-            // ggml's mul_sum_i8_pairs_float: |x| times y with x's sign, then pairwise sums.
-            let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
-            let products = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, pairs));
-            accumulator = _mm256_fmadd_ps(combined, products, accumulator);
+    /// # Safety
+    /// The CPU must have the features `kernel` needs (`Kernel::supported`); `kernel` must not
+    /// be `Kernel::Portable`.
+    pub(super) unsafe fn dot_rows<const N: usize>(
+        kernel: Kernel,
+        weight_type: WeightType,
+        weights: &[u8],
+        activation: &QuantizedRow,
+        out: &mut [f32; N],
+    ) {
+        // SAFETY (all three arms): the caller guarantees the features each kernel needs.
+        match (kernel, weight_type) {
+            (Kernel::Avx2, WeightType::Q4_1) => unsafe { q4_1_avx2(weights, activation, out) },
+            (Kernel::Avx2, WeightType::Q8_0) => unsafe { q8_0_avx2(weights, activation, out) },
+            (Kernel::AvxVnni, WeightType::Q4_1) => unsafe { q4_1_avx_vnni(weights, activation, out) },
+            (Kernel::AvxVnni, WeightType::Q8_0) => unsafe { q8_0_avx_vnni(weights, activation, out) },
+            (Kernel::Avx512Vnni, WeightType::Q4_1) => unsafe { q4_1_avx512_vnni(weights, activation, out) },
+            (Kernel::Avx512Vnni, WeightType::Q8_0) => unsafe { q8_0_avx512_vnni(weights, activation, out) },
+            (Kernel::Portable, _) => unreachable!("the portable kernel has no x86 variant"),
         }
-        horizontal_sum(lanes(accumulator))
     }
 
-    #[target_feature(enable = "avx2")]
-    unsafe fn lanes(vector: __m256) -> [f32; 8] {
-        let mut out = [0f32; 8];
-        // SAFETY: `out` is 8 f32s, the size of one __m256.
-        _mm256_storeu_ps(out.as_mut_ptr(), vector);
-        out
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_1_avx2<const N: usize>(weights: &[u8], activation: &QuantizedRow, out: &mut [f32; N]) {
+        // SAFETY: this function's features are those the body needs for `MaddUbs`.
+        unsafe { q4_1_body::<N>(IntegerSums::MaddUbs, weights, activation, out) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    unsafe fn q4_1_avx_vnni<const N: usize>(weights: &[u8], activation: &QuantizedRow, out: &mut [f32; N]) {
+        // SAFETY: this function's features are those the body needs for `AvxVnni`.
+        unsafe { q4_1_body::<N>(IntegerSums::AvxVnni, weights, activation, out) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    unsafe fn q4_1_avx512_vnni<const N: usize>(weights: &[u8], activation: &QuantizedRow, out: &mut [f32; N]) {
+        // SAFETY: this function's features are those the body needs for `Avx512Vnni`.
+        unsafe { q4_1_body::<N>(IntegerSums::Avx512Vnni, weights, activation, out) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q8_0_avx2<const N: usize>(weights: &[u8], activation: &QuantizedRow, out: &mut [f32; N]) {
+        // SAFETY: this function's features are those the body needs for `MaddUbs`.
+        unsafe { q8_0_body::<N>(IntegerSums::MaddUbs, weights, activation, out) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    unsafe fn q8_0_avx_vnni<const N: usize>(weights: &[u8], activation: &QuantizedRow, out: &mut [f32; N]) {
+        // SAFETY: this function's features are those the body needs for `AvxVnni`.
+        unsafe { q8_0_body::<N>(IntegerSums::AvxVnni, weights, activation, out) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    unsafe fn q8_0_avx512_vnni<const N: usize>(weights: &[u8], activation: &QuantizedRow, out: &mut [f32; N]) {
+        // SAFETY: this function's features are those the body needs for `Avx512Vnni`.
+        unsafe { q8_0_body::<N>(IntegerSums::Avx512Vnni, weights, activation, out) }
+    }
+
+    /// The 8 i32 sums of 4 consecutive `unsigned[i] * signed[i]` products (never saturating for
+    /// our operands: unsigned <= 128, |signed| <= 127, so a maddubs pair is at most 32512).
+    ///
+    /// # Safety
+    /// AVX2, plus AVX-VNNI or AVX512-VNNI + VL for those variants.
+    #[inline(always)]
+    unsafe fn integer_sums(sums: IntegerSums, unsigned: __m256i, signed: __m256i) -> __m256i {
+        // SAFETY: the caller guarantees the features of the chosen variant.
+        unsafe {
+            match sums {
+                IntegerSums::MaddUbs => _mm256_madd_epi16(_mm256_set1_epi16(1), _mm256_maddubs_epi16(unsigned, signed)),
+                IntegerSums::AvxVnni => _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), unsigned, signed),
+                IntegerSums::Avx512Vnni => _mm256_dpbusd_epi32(_mm256_setzero_si256(), unsigned, signed),
+            }
+        }
+    }
+
+    /// The two f16 values at `at` as f32 (exact, F16C).
+    ///
+    /// # Safety
+    /// F16C; `at` must be readable for 4 bytes.
+    #[inline(always)]
+    unsafe fn two_f16(at: *const u8) -> (f32, f32) {
+        // SAFETY: the caller guarantees F16C and 4 readable bytes.
+        unsafe {
+            let both = _mm_cvtph_ps(_mm_cvtsi32_si128(at.cast::<i32>().read_unaligned()));
+            (_mm_cvtss_f32(both), _mm_cvtss_f32(_mm_movehdup_ps(both)))
+        }
+    }
+
+    /// # Safety
+    /// F16C; `at` must be readable for 2 bytes.
+    #[inline(always)]
+    unsafe fn one_f16(at: *const u8) -> f32 {
+        // SAFETY: the caller guarantees F16C and 2 readable bytes.
+        unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(at.cast::<u16>().read_unaligned())))) }
+    }
+
+    /// `weights` holds `N` whole rows; checks the activation covers them.
+    fn row_blocks<const N: usize>(weights: &[u8], block_bytes: usize, activation: &QuantizedRow) -> usize {
+        assert!(N > 0 && weights.len().is_multiple_of(N * block_bytes), "weights are not {N} whole rows");
+        let n_blocks = weights.len() / (N * block_bytes);
+        assert!(
+            activation.quants.len() >= n_blocks * BLOCK
+                && activation.scales.len() >= n_blocks
+                && activation.sums.len() >= n_blocks,
+            "activation shorter than the weight rows"
+        );
+        n_blocks
+    }
+
+    /// # Safety
+    /// AVX2, FMA, F16C and the features of `sums`.
+    #[inline(always)]
+    unsafe fn q4_1_body<const N: usize>(
+        sums: IntegerSums,
+        weights: &[u8],
+        activation: &QuantizedRow,
+        out: &mut [f32; N],
+    ) {
+        let n_blocks = row_blocks::<N>(weights, Q4_1_BYTES, activation);
+        let row_bytes = n_blocks * Q4_1_BYTES;
+        let rows: [*const u8; N] = std::array::from_fn(|r| weights[r * row_bytes..].as_ptr());
+        let prefetch_distance = PREFETCH_ROWS * row_bytes;
+        // SAFETY: every pointer below stays inside the slices checked by `row_blocks`: row r's
+        // block b is bytes [b*20, b*20+20) of row r, and the activation's block b is quants
+        // [32b, 32b+32), scales[b], sums[b] with b < n_blocks; the features are the caller's.
+        unsafe {
+            let mut accumulators = [_mm256_setzero_ps(); N];
+            let mut minimum_sums = [0f32; N];
+            let low_mask = _mm256_set1_epi8(0x0F);
+            let high_half_shift = _mm256_set_epi64x(4, 4, 0, 0);
+            for block_idx in 0..n_blocks {
+                let quants = _mm256_loadu_si256(activation.quants.as_ptr().add(block_idx * BLOCK).cast());
+                let activation_scale = *activation.scales.get_unchecked(block_idx);
+                let activation_sum = *activation.sums.get_unchecked(block_idx);
+                for r in 0..N {
+                    let block = rows[r].add(block_idx * Q4_1_BYTES);
+                    prefetch(block, prefetch_distance);
+                    let (scale, minimum) = two_f16(block);
+                    minimum_sums[r] = minimum.mul_add(activation_sum, minimum_sums[r]);
+                    let combined = _mm256_set1_ps(scale * activation_scale);
+                    // The 16 bytes in both halves, the upper half shifted right by 4: the low
+                    // nibbles then the high ones, as ggml's `bytes_from_nibbles_32`.
+                    let packed = _mm256_broadcastsi128_si256(_mm_loadu_si128(block.add(4).cast()));
+                    let nibbles = _mm256_and_si256(low_mask, _mm256_srlv_epi64(packed, high_half_shift));
+                    let products = _mm256_cvtepi32_ps(integer_sums(sums, nibbles, quants));
+                    accumulators[r] = _mm256_fmadd_ps(combined, products, accumulators[r]);
+                }
+            }
+            for r in 0..N {
+                out[r] = horizontal_sum(lanes(accumulators[r])) + minimum_sums[r];
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX2, FMA, F16C and the features of `sums`.
+    #[inline(always)]
+    unsafe fn q8_0_body<const N: usize>(
+        sums: IntegerSums,
+        weights: &[u8],
+        activation: &QuantizedRow,
+        out: &mut [f32; N],
+    ) {
+        let n_blocks = row_blocks::<N>(weights, Q8_0_BYTES, activation);
+        let row_bytes = n_blocks * Q8_0_BYTES;
+        let rows: [*const u8; N] = std::array::from_fn(|r| weights[r * row_bytes..].as_ptr());
+        let prefetch_distance = PREFETCH_ROWS * row_bytes;
+        // SAFETY: as in `q4_1_body`, with 34-byte weight blocks.
+        unsafe {
+            let mut accumulators = [_mm256_setzero_ps(); N];
+            for block_idx in 0..n_blocks {
+                let y = _mm256_loadu_si256(activation.quants.as_ptr().add(block_idx * BLOCK).cast());
+                let activation_scale = *activation.scales.get_unchecked(block_idx);
+                for r in 0..N {
+                    let block = rows[r].add(block_idx * Q8_0_BYTES);
+                    prefetch(block, prefetch_distance);
+                    let combined = _mm256_set1_ps(one_f16(block) * activation_scale);
+                    let x = _mm256_loadu_si256(block.add(2).cast());
+                    // ggml's mul_sum_i8_pairs_float: |x| times y with x's sign, then sums.
+                    let products =
+                        _mm256_cvtepi32_ps(integer_sums(sums, _mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x)));
+                    accumulators[r] = _mm256_fmadd_ps(combined, products, accumulators[r]);
+                }
+            }
+            for r in 0..N {
+                out[r] = horizontal_sum(lanes(accumulators[r]));
+            }
+        }
+    }
+
+    /// How far ahead (in rows of the matrix, which are read one after the other) the kernels
+    /// ask for weights: decode streams the whole matrix from memory once per token, and the
+    /// loads otherwise wait on it.
+    const PREFETCH_ROWS: usize = 8;
+
+    /// Asks for the cache line `distance` bytes after `at` (a hint: it never faults, so the
+    /// address may lie past the matrix, and it changes no result).
+    #[inline(always)]
+    fn prefetch(at: *const u8, distance: usize) {
+        // SAFETY: a prefetch reads nothing architecturally and cannot fault, whatever the
+        // address; `wrapping_add` computes it without asserting it is in bounds. SSE is part of
+        // x86_64's baseline.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(distance).cast()) }
+    }
+
+    #[inline(always)]
+    fn lanes(vector: __m256) -> [f32; 8] {
+        // SAFETY: __m256 and [f32; 8] have the same size, and every bit pattern is valid for both.
+        unsafe { std::mem::transmute::<__m256, [f32; 8]>(vector) }
     }
 }
 
@@ -406,16 +666,84 @@ mod tests {
         bytes
     }
 
+    /// Every kernel this CPU runs, for `n_rows` random rows of each weight type, one row at a
+    /// time and through `products` (row groups plus the remainder, several tasks), gives exactly
+    /// the portable per-row kernel's bits.
     #[test]
     fn simd_and_portable_kernels_agree_to_the_bit() {
+        let kernels = Kernel::available();
+        eprintln!("kernels compared with the portable one: {kernels:?}");
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            assert!(kernels.contains(&Kernel::Avx2), "the AVX2 kernel should be tested here");
+        }
         let mut rng = Lcg(42);
-        for _ in 0..50 {
-            let values: Vec<f32> = (0..576).map(|_| rng.float()).collect();
-            let row = QuantizedRow::new(&values);
-            let q4 = random_blocks(&mut rng, 18, Q4_1_BYTES);
-            let q8 = random_blocks(&mut rng, 18, Q8_0_BYTES);
-            assert_eq!(dot_q4_1_q8_1(&q4, &row).to_bits(), dot_q4_1_q8_1_portable(&q4, &row).to_bits());
-            assert_eq!(dot_q8_0_q8_0(&q8, &row).to_bits(), dot_q8_0_q8_0_portable(&q8, &row).to_bits());
+        for trial in 0..20 {
+            let n_blocks = [18, 1, 3, 64][trial % 4];
+            let k = n_blocks * BLOCK;
+            let activations: Vec<QuantizedRow> = (0..1 + trial % 3)
+                .map(|_| QuantizedRow::new(&(0..k).map(|_| rng.float()).collect::<Vec<f32>>()))
+                .collect();
+            for weight_type in [WeightType::Q4_1, WeightType::Q8_0] {
+                for n_rows in [1, 3, 4, 5, 17, 37] {
+                    let bytes = random_blocks(&mut rng, n_rows * n_blocks, weight_type.block_bytes());
+                    let matrix = QuantMatrix { weight_type, n_out: n_rows, k, bytes };
+                    let matrix = &matrix;
+                    let expected: Vec<u32> = (0..n_rows)
+                        .flat_map(|row| {
+                            activations.iter().map(move |a| match weight_type {
+                                WeightType::Q4_1 => dot_q4_1_q8_1_portable(matrix.row(row), a),
+                                WeightType::Q8_0 => dot_q8_0_q8_0_portable(matrix.row(row), a),
+                            })
+                        })
+                        .map(f32::to_bits)
+                        .collect::<Vec<u32>>();
+                    for &kernel in &kernels {
+                        let got: Vec<u32> =
+                            matrix.products(kernel, &activations).into_iter().map(f32::to_bits).collect();
+                        assert_eq!(got, expected, "{kernel:?} {weight_type:?} {n_rows} rows, {n_blocks} blocks");
+                        for row in 0..n_rows {
+                            for (column, activation) in activations.iter().enumerate() {
+                                let mut one = [0f32; 1];
+                                kernel.dot_rows(weight_type, matrix.row(row), activation, &mut one);
+                                assert_eq!(one[0].to_bits(), expected[row * activations.len() + column]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Extreme operands: nibbles 15 and quants +-127 (the largest maddubs pairs), Q8_0 weights
+    /// -128 and 127, so that no integer-sum path can saturate differently.
+    #[test]
+    fn kernels_agree_on_extreme_quants() {
+        let k = 4 * BLOCK;
+        let mut values = vec![0f32; k];
+        for (i, value) in values.iter_mut().enumerate() {
+            *value = if i % 3 == 0 { -1.0 } else { 1.0 };
+        }
+        let activations = vec![QuantizedRow::new(&values)];
+        assert!(activations[0].quants.iter().all(|q| q.abs() == 127));
+        let one = f16::from_f32(0.5).to_le_bytes();
+        let mut q4 = Vec::new();
+        let mut q8 = Vec::new();
+        for block in 0..5 * 4u8 {
+            q4.extend(one);
+            q4.extend(f16::from_f32(-0.25).to_le_bytes());
+            q4.extend([if block.is_multiple_of(2) { 0xFF } else { 0x0F }; 16]);
+            q8.extend(one);
+            q8.extend((0..32).map(|i: u8| if (i + block).is_multiple_of(2) { 0x80 } else { 0x7F }));
+        }
+        for (weight_type, bytes) in [(WeightType::Q4_1, q4), (WeightType::Q8_0, q8)] {
+            let matrix = QuantMatrix { weight_type, n_out: 5, k, bytes };
+            let expected: Vec<u32> =
+                matrix.products(Kernel::Portable, &activations).into_iter().map(f32::to_bits).collect();
+            for kernel in Kernel::available() {
+                let got: Vec<u32> = matrix.products(kernel, &activations).into_iter().map(f32::to_bits).collect();
+                assert_eq!(got, expected, "{kernel:?} {weight_type:?}");
+            }
         }
     }
 
