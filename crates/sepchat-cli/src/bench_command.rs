@@ -148,7 +148,12 @@ fn run_bench(model_args: &ModelArgs, args: &BenchArgs) -> anyhow::Result<ExitCod
             // Rows without our numbers: the stock columns alone.
             rows.extend(plan.contexts.iter().map(|&context| Row {
                 cache: cache.clone(),
-                ours: BenchPoint { context, prefill_tokens_per_second: None, decode_tokens_per_second: None, kv_bytes_held: None },
+                ours: BenchPoint {
+                    context,
+                    prefill_tokens_per_second: None,
+                    decode_tokens_per_second: None,
+                    kv_bytes_held: None,
+                },
                 stock: None,
             }));
             continue;

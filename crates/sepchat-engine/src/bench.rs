@@ -91,7 +91,8 @@ pub fn bench_sepchat(model: &LlamaModel, plan: &BenchPlan, cache_config: &CacheC
             if measure_prefill {
                 // The decode run needs the cache as filled: an evicting cache (bounded, so the copy is
                 // small) is copied through a snapshot; a dense one is cut back after the prefill.
-                let snapshot = if measure_decode && policy.evicts() { Some(snapshot_of(&cache, &context_tokens)?) } else { None };
+                let snapshot =
+                    if measure_decode && policy.evicts() { Some(snapshot_of(&cache, &context_tokens)?) } else { None };
                 let prompt = plan.tokens(context, plan.prefill_tokens);
                 let started = Instant::now();
                 model.prefill(&prompt, &mut cache, DEFAULT_PREFILL_CHUNK)?;

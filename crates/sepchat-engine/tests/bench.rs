@@ -9,8 +9,10 @@ mod support;
 
 fn plan(prefill_tokens: usize, decode_tokens: usize, contexts: Vec<usize>) -> BenchPlan {
     let model = support::default_model();
-    let source_tokens =
-        model.tokenizer().encode("It is a truth universally acknowledged, that a single man in possession").expect("encode");
+    let source_tokens = model
+        .tokenizer()
+        .encode("It is a truth universally acknowledged, that a single man in possession")
+        .expect("encode");
     BenchPlan { source_tokens, prefill_tokens, decode_tokens, contexts }
 }
 
