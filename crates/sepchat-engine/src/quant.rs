@@ -329,15 +329,18 @@ struct QuantizedRow {
 
 impl QuantizedRow {
     fn new(values: &[f32]) -> Self {
-        let n_blocks = values.len() / BLOCK;
-        let mut row = Self {
-            scales: Vec::with_capacity(n_blocks),
-            sums: Vec::with_capacity(n_blocks),
-            quants: Vec::with_capacity(values.len()),
-        };
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above); the function reads `values` by whole blocks.
+            return unsafe { x86::quantize_row(values) };
+        }
+        Self::new_portable(values)
+    }
+
+    fn new_portable(values: &[f32]) -> Self {
+        let mut row = Self::with_capacity(values.len());
         for block in values.chunks_exact(BLOCK) {
             let max_abs = block.iter().fold(0f32, |max, &v| max.max(v.abs()));
-            let scale = max_abs / 127.0;
             let inverse = if max_abs != 0.0 { 127.0 / max_abs } else { 0.0 };
             let mut sum = 0i32;
             for &value in block {
@@ -345,10 +348,25 @@ impl QuantizedRow {
                 sum += quant;
                 row.quants.push(quant as i8);
             }
-            row.scales.push(f16::from_f32(scale).to_f32());
-            row.sums.push(f16::from_f32(scale * sum as f32).to_f32());
+            row.push_block_constants(max_abs, sum);
         }
         row
+    }
+
+    fn with_capacity(n_values: usize) -> Self {
+        let n_blocks = n_values / BLOCK;
+        Self {
+            scales: Vec::with_capacity(n_blocks),
+            sums: Vec::with_capacity(n_blocks),
+            quants: Vec::with_capacity(n_values),
+        }
+    }
+
+    /// A block's scale and `s` from its largest magnitude and the sum of its quants.
+    fn push_block_constants(&mut self, max_abs: f32, sum: i32) {
+        let scale = max_abs / 127.0;
+        self.scales.push(f16::from_f32(scale).to_f32());
+        self.sums.push(f16::from_f32(scale * sum as f32).to_f32());
     }
 }
 
@@ -607,6 +625,59 @@ mod x86 {
         }
     }
 
+    /// `QuantizedRow::new_portable` eight lanes at a time, with the same result bit for bit: the
+    /// block's largest magnitude (a maximum, so the order does not matter; a NaN is skipped as
+    /// `f32::max` skips it), one multiply per value, rounding half to even, and NaN products set to
+    /// 0 as Rust's `as i32` sets them; the quants fit i8 (|v * 127 / max| <= 127 after rounding),
+    /// so the saturating packs do not change them. The packs interleave 128-bit lanes; the
+    /// permutation puts the values back in order, as ggml's `quantize_row_q8_1` does.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn quantize_row(values: &[f32]) -> QuantizedRow {
+        let mut row = QuantizedRow::with_capacity(values.len());
+        let magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for block in values.chunks_exact(BLOCK) {
+            // SAFETY: `block` holds 32 f32s, four unaligned 8-lane loads; the store writes 32 bytes
+            // into `quants`, which has room for them (`with_capacity` reserved every value).
+            unsafe {
+                let lanes: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(block.as_ptr().add(8 * i)));
+                let mut max = _mm256_setzero_ps();
+                for &v in &lanes {
+                    // `max_ps` returns its second operand when either is NaN: the running maximum.
+                    max = _mm256_max_ps(_mm256_and_ps(v, magnitude), max);
+                }
+                let mut wide = [0f32; 8];
+                _mm256_storeu_ps(wide.as_mut_ptr(), max);
+                let max_abs = wide.iter().fold(0f32, |max, &v| max.max(v));
+                let inverse = _mm256_set1_ps(if max_abs != 0.0 { 127.0 / max_abs } else { 0.0 });
+                let quants: [__m256i; 4] = std::array::from_fn(|i| {
+                    let rounded = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+                        lanes[i], inverse,
+                    ));
+                    let finite = _mm256_and_ps(rounded, _mm256_cmp_ps::<_CMP_ORD_Q>(rounded, rounded));
+                    _mm256_cvtps_epi32(finite)
+                });
+                let total =
+                    _mm256_add_epi32(_mm256_add_epi32(quants[0], quants[1]), _mm256_add_epi32(quants[2], quants[3]));
+                let mut sums = [0i32; 8];
+                _mm256_storeu_si256(sums.as_mut_ptr().cast(), total);
+                let packed = _mm256_packs_epi16(
+                    _mm256_packs_epi32(quants[0], quants[1]),
+                    _mm256_packs_epi32(quants[2], quants[3]),
+                );
+                let ordered = _mm256_permutevar8x32_epi32(packed, order);
+                let start = row.quants.len();
+                _mm256_storeu_si256(row.quants.spare_capacity_mut().as_mut_ptr().cast(), ordered);
+                row.quants.set_len(start + BLOCK);
+                row.push_block_constants(max_abs, sums.iter().sum());
+            }
+        }
+        row
+    }
+
     /// How far ahead (in rows of the matrix, which are read one after the other) the kernels
     /// ask for weights: decode streams the whole matrix from memory once per token, and the
     /// loads otherwise wait on it.
@@ -755,10 +826,52 @@ mod tests {
         values[1] = 2.5;
         values[2] = 3.5;
         values[3] = -2.5;
-        let row = QuantizedRow::new(&values);
-        assert_eq!(&row.quants[..4], &[127, 2, 4, -2]);
-        assert_eq!(row.scales[0], 1.0);
-        assert_eq!(row.sums[0], 131.0);
+        for row in [QuantizedRow::new(&values), QuantizedRow::new_portable(&values)] {
+            assert_eq!(&row.quants[..4], &[127, 2, 4, -2]);
+            assert_eq!(row.scales[0], 1.0);
+            assert_eq!(row.sums[0], 131.0);
+        }
+    }
+
+    /// The vector quantizer gives the portable one's quants, scales and sums bit for bit: random
+    /// rows, ties, zeros of both signs, an all-zero block, huge and tiny magnitudes, NaN and
+    /// infinities (which the portable code turns into 0 quants), and a tail shorter than a block.
+    #[test]
+    fn vector_and_portable_activation_quantization_agree_to_the_bit() {
+        let mut rng = Lcg(7);
+        let mut rows: Vec<Vec<f32>> =
+            (0..40).map(|n| (0..(n % 5 + 1) * BLOCK).map(|_| rng.float() * 9.0).collect()).collect();
+        let mut special = vec![0f32; 8 * BLOCK + 7];
+        special[0] = 127.0;
+        special[1] = 2.5;
+        special[2] = -3.5;
+        special[3] = -0.0;
+        // Block 1 stays all zero. Block 2: tiny and huge magnitudes.
+        special[2 * BLOCK] = f32::MIN_POSITIVE;
+        special[2 * BLOCK + 1] = 1e-30;
+        special[2 * BLOCK + 2] = -3e38;
+        // Block 3: a NaN among finite values; block 4: an infinity; block 5: -NaN and -inf; block 6: only NaN.
+        special[3 * BLOCK] = f32::NAN;
+        special[3 * BLOCK + 1] = 5.0;
+        special[3 * BLOCK + 2] = -1.25;
+        special[4 * BLOCK] = f32::INFINITY;
+        special[4 * BLOCK + 1] = 3.0;
+        special[5 * BLOCK] = -f32::NAN;
+        special[5 * BLOCK + 1] = f32::NEG_INFINITY;
+        for value in &mut special[6 * BLOCK..7 * BLOCK] {
+            *value = f32::NAN;
+        }
+        for (i, value) in special[7 * BLOCK..].iter_mut().enumerate() {
+            *value = i as f32 - 12.5;
+        }
+        rows.push(special);
+        for (index, values) in rows.iter().enumerate() {
+            let (vector, portable) = (QuantizedRow::new(values), QuantizedRow::new_portable(values));
+            assert_eq!(vector.quants, portable.quants, "row {index}");
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+            assert_eq!(bits(&vector.scales), bits(&portable.scales), "row {index}");
+            assert_eq!(bits(&vector.sums), bits(&portable.sums), "row {index}");
+        }
     }
 
     #[test]
