@@ -286,30 +286,43 @@ impl Kernel {
     /// `activation`, each row computed exactly as the portable one-row kernels compute it. A
     /// kernel the CPU cannot run falls back to the portable one (same bits, only slower).
     fn dot_rows(self, weight_type: WeightType, weights: &[u8], activation: &QuantizedRow, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if self != Self::Portable && self.supported() {
-            if let Ok(group) = <&mut [f32; ROW_GROUP]>::try_from(&mut *out) {
-                // SAFETY: `supported` checked just above that the CPU has every feature this
-                // kernel needs; the kernels check the lengths of the slices they read.
-                unsafe { x86::dot_rows(self, weight_type, weights, activation, group) };
+        if let Ok(group) = <&mut [f32; ROW_GROUP]>::try_from(&mut *out) {
+            if self.dot_rows_simd(weight_type, weights, activation, group) {
                 return;
             }
-            let row_bytes = weights.len() / out.len().max(1);
-            for (slot, row) in out.iter_mut().zip(weights.chunks_exact(row_bytes.max(1))) {
-                let mut one = [0f32; 1];
-                // SAFETY: as above.
-                unsafe { x86::dot_rows(self, weight_type, row, activation, &mut one) };
-                *slot = one[0];
-            }
-            return;
         }
         let row_bytes = weights.len() / out.len().max(1);
         for (slot, row) in out.iter_mut().zip(weights.chunks_exact(row_bytes.max(1))) {
-            *slot = match weight_type {
-                WeightType::Q4_1 => dot_q4_1_q8_1_portable(row, activation),
-                WeightType::Q8_0 => dot_q8_0_q8_0_portable(row, activation),
+            let mut one = [0f32; 1];
+            *slot = if self.dot_rows_simd(weight_type, row, activation, &mut one) {
+                one[0]
+            } else {
+                match weight_type {
+                    WeightType::Q4_1 => dot_q4_1_q8_1_portable(row, activation),
+                    WeightType::Q8_0 => dot_q8_0_q8_0_portable(row, activation),
+                }
             };
         }
+    }
+
+    /// The `N` rows with this kernel's SIMD code; `false` (nothing written) for the portable
+    /// kernel or one whose features this CPU lacks.
+    fn dot_rows_simd<const N: usize>(
+        self,
+        weight_type: WeightType,
+        weights: &[u8],
+        activation: &QuantizedRow,
+        out: &mut [f32; N],
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self.supported() {
+            // SAFETY: `supported` checked just above that the CPU has every feature this kernel
+            // needs; the kernels check the lengths of the slices they read.
+            return unsafe { x86::dot_rows(self, weight_type, weights, activation, out) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (weight_type, weights, activation, out);
+        false
     }
 }
 
@@ -435,17 +448,18 @@ mod x86 {
         Avx512Vnni,
     }
 
+    /// `false` (nothing written) for `Kernel::Portable`, which has no x86 code.
+    ///
     /// # Safety
-    /// The CPU must have the features `kernel` needs (`Kernel::supported`); `kernel` must not
-    /// be `Kernel::Portable`.
+    /// The CPU must have the features `kernel` needs (`Kernel::supported`).
     pub(super) unsafe fn dot_rows<const N: usize>(
         kernel: Kernel,
         weight_type: WeightType,
         weights: &[u8],
         activation: &QuantizedRow,
         out: &mut [f32; N],
-    ) {
-        // SAFETY (all three arms): the caller guarantees the features each kernel needs.
+    ) -> bool {
+        // SAFETY (every arm): the caller guarantees the features each kernel needs.
         match (kernel, weight_type) {
             (Kernel::Avx2, WeightType::Q4_1) => unsafe { q4_1_avx2(weights, activation, out) },
             (Kernel::Avx2, WeightType::Q8_0) => unsafe { q8_0_avx2(weights, activation, out) },
@@ -453,8 +467,9 @@ mod x86 {
             (Kernel::AvxVnni, WeightType::Q8_0) => unsafe { q8_0_avx_vnni(weights, activation, out) },
             (Kernel::Avx512Vnni, WeightType::Q4_1) => unsafe { q4_1_avx512_vnni(weights, activation, out) },
             (Kernel::Avx512Vnni, WeightType::Q8_0) => unsafe { q8_0_avx512_vnni(weights, activation, out) },
-            (Kernel::Portable, _) => unreachable!("the portable kernel has no x86 variant"),
+            (Kernel::Portable, _) => return false,
         }
+        true
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
