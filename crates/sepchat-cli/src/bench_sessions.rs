@@ -21,7 +21,7 @@ use sepchat_core::session::{snapshots_of, WARM_SESSIONS};
 use sepchat_core::{App, SNAPSHOT_DIR_NAME};
 use serde::Serialize;
 
-use crate::chat_command::{greedy_sampling, load_model, runtime};
+use crate::chat_command::{load_model, runtime};
 use crate::options::ModelArgs;
 
 #[derive(Args)]
@@ -229,7 +229,7 @@ async fn new_conversations(
 }
 
 async fn new_conversation(app: &App, cache: Option<&str>, reply_tokens: u64) -> anyhow::Result<ConversationInfo> {
-    let sampling = Sampling { max_tokens: Some(reply_tokens), ..greedy_sampling() };
+    let sampling = Sampling { max_tokens: Some(reply_tokens), ..Sampling::greedy() };
     let request = NewConversationRequest {
         title: None,
         system_prompt: None,

@@ -356,7 +356,7 @@ async fn apply_flags(app: &App, id: i64, args: &GenerationArgs, explicit: &Expli
 fn stored_sampling(args: &GenerationArgs, explicit: &ExplicitFlags) -> Sampling {
     let mut sampling = Sampling::default();
     if args.greedy && explicit.has("greedy") {
-        sampling = greedy_sampling();
+        sampling = Sampling::greedy();
     } else {
         if explicit.has("temperature") {
             sampling.temperature = Some(args.temperature);
@@ -396,17 +396,6 @@ fn all_sampling(args: &GenerationArgs) -> Sampling {
         max_tokens: Some(args.max_tokens as u64),
         seed: Some(params.seed),
         extra: serde_json::Map::new(),
-    }
-}
-
-pub(crate) fn greedy_sampling() -> Sampling {
-    Sampling {
-        temperature: Some(0.0),
-        top_p: Some(1.0),
-        top_k: Some(0),
-        min_p: Some(0.0),
-        repeat_penalty: Some(1.0),
-        ..Sampling::default()
     }
 }
 

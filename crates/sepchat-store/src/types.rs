@@ -98,6 +98,21 @@ pub struct Sampling {
     pub extra: Map<String, Value>,
 }
 
+impl Sampling {
+    /// Always the most likely token: temperature 0 with every filter and the repeat penalty off (what the
+    /// engine's `SamplingParams::greedy` does); other fields are left to the app's defaults.
+    pub fn greedy() -> Self {
+        Sampling {
+            temperature: Some(0.0),
+            top_p: Some(1.0),
+            top_k: Some(0),
+            min_p: Some(0.0),
+            repeat_penalty: Some(1.0),
+            ..Sampling::default()
+        }
+    }
+}
+
 /// Per-message generation statistics, stored as a JSON object (optional fields and `extra` as for [`Sampling`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MessageStats {

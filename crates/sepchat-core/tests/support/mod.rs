@@ -22,15 +22,7 @@ pub async fn app_with_model() -> (tempfile::TempDir, App) {
     (dir, app)
 }
 
-/// Deterministic sampling: always the most likely token, no penalties, at most `max_tokens`.
+/// Deterministic sampling (`Sampling::greedy`), at most `max_tokens`.
 pub fn greedy(max_tokens: u64) -> Sampling {
-    Sampling {
-        temperature: Some(0.0),
-        top_p: Some(1.0),
-        top_k: Some(0),
-        min_p: Some(0.0),
-        repeat_penalty: Some(1.0),
-        max_tokens: Some(max_tokens),
-        ..Sampling::default()
-    }
+    Sampling { max_tokens: Some(max_tokens), ..Sampling::greedy() }
 }
