@@ -1,12 +1,23 @@
-//! Attention over the f16 KV cache, computed the way llama.cpp's CPU flash-attention kernel
-//! computes it.
+//! Attention over the f16 KV cache for decode steps and short chunks, in one of two
+//! arithmetics (`Arithmetic`).
 //!
-//! Why our own kernel: llama.cpp stores keys and values in f16, rounds the query to f16, and
-//! accumulates the softmax-weighted values in f16 with an online softmax. Those roundings move
-//! logits by a few hundredths, enough to flip a greedy choice between two near-equal tokens.
-//! Matching llama.cpp's arithmetic makes its greedy outputs and perplexities a usable golden.
-//! The kernel also never materialises the score matrix or repeated K/V heads, and reads the
-//! cache in place (no copy per step), which is what a long conversation needs.
+//! `LlamaCpp` computes it the way llama.cpp's CPU flash-attention kernel does: llama.cpp stores
+//! keys and values in f16, rounds the query to f16, and accumulates the softmax-weighted values
+//! in f16 with an online softmax. Those roundings move logits by a few hundredths, enough to flip
+//! a greedy choice between two near-equal tokens. Matching llama.cpp's arithmetic makes its
+//! greedy outputs and logits a usable golden (tests/reference.rs checks them bit for bit).
+//!
+//! `Fast`, the app's default, keeps the query and the accumulators in f32. At a long context
+//! this kernel is a large part of a decode step, and most of the exact kernel's time went to
+//! ggml's f16 accumulator (two conversions per multiply-add), its per-slot rescale and the C
+//! library's `expf`: the fast kernel takes 2.3x less time per slot when the rows sit in the
+//! core's caches (AVX-512 and AVX2 alike; `attention_kernel_timings`), and is more precise, not
+//! less (`fast_kernels_agree_with_attention_in_f64`). Its greedy text can still part from
+//! llama.cpp's flash-attention output at a near-tie, as llama.cpp's own output does with flash
+//! attention off (docs/BENCHMARKS.md).
+//!
+//! Both never materialise the score matrix or repeated K/V heads, and read the cache in place
+//! (no copy per step), which is what a long conversation needs.
 
 use candle_core::{DType, Device, Storage, Tensor};
 use half::f16;
@@ -17,7 +28,13 @@ use crate::error::{EngineError, Result};
 /// Causal attention for `queries` (`[n_head, n_new, head_dim]`, f32, rotated) against the cache
 /// views `keys` and `values` (`[n_kv_head, n_held + n_new, head_dim]`, f16). Query `i` of the
 /// chunk sees every held slot and chunk tokens `0..=i`. Returns `[n_new, n_head * head_dim]`.
-pub(crate) fn cpu_flash_attention(queries: &Tensor, keys: &Tensor, values: &Tensor, scale: f32) -> Result<Tensor> {
+pub(crate) fn cpu_flash_attention(
+    queries: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+    scale: f32,
+    arithmetic: Arithmetic,
+) -> Result<Tensor> {
     let (n_head, n_new, head_dim) = queries.dims3()?;
     let (n_kv_head, n_keys, _) = keys.dims3()?;
     let queries = queries.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
@@ -38,6 +55,7 @@ pub(crate) fn cpu_flash_attention(queries: &Tensor, keys: &Tensor, values: &Tens
         value_data: f16_slice(&value_guard)?,
         scale,
         kernel: Kernel::detect(head_dim),
+        arithmetic,
         max_group: MAX_GROUP,
     };
     #[cfg(test)]
@@ -47,6 +65,39 @@ pub(crate) fn cpu_flash_attention(queries: &Tensor, keys: &Tensor, values: &Tens
     };
     let output = attention.run(rayon::current_num_threads());
     Ok(Tensor::from_vec(output, (n_new, n_head * head_dim), &Device::Cpu)?)
+}
+
+/// How the attention kernel rounds: see the module's documentation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Arithmetic {
+    /// f32 query, scores, weights and accumulators: the fastest, and the app's default.
+    #[default]
+    Fast,
+    /// llama.cpp's CPU flash-attention kernel rounding for rounding (f16 query, f16 value
+    /// accumulator, online softmax slot by slot, the C library's `expf`): reproduces llama.cpp's
+    /// logits bit for bit, for checks against its goldens.
+    LlamaCpp,
+}
+
+impl Arithmetic {
+    /// The name `FromStr` reads: `fast` or `llama-cpp`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arithmetic::Fast => "fast",
+            Arithmetic::LlamaCpp => "llama-cpp",
+        }
+    }
+}
+
+impl std::str::FromStr for Arithmetic {
+    type Err = String;
+    fn from_str(text: &str) -> std::result::Result<Self, Self::Err> {
+        match text {
+            "fast" => Ok(Arithmetic::Fast),
+            "llama-cpp" => Ok(Arithmetic::LlamaCpp),
+            other => Err(format!("unknown attention arithmetic '{other}': expected fast or llama-cpp")),
+        }
+    }
 }
 
 /// At most this many query heads share one pass over their KV head's rows (see `attend_group`):
@@ -68,6 +119,7 @@ struct Attention<'a> {
     value_data: &'a [f16],
     scale: f32,
     kernel: Kernel,
+    arithmetic: Arithmetic,
     /// At most this many heads to a kernel call: `MAX_GROUP`, or 1 to time heads one at a time.
     max_group: usize,
 }
@@ -114,7 +166,12 @@ impl Attention<'_> {
                 visible: self.n_held + row + 1,
             };
             let out = &mut out[(unit - first) * head_dim..(group_end - first) * head_dim];
-            attend_group(self.kernel, &queries[..group_end - unit], &rows, self.scale, out);
+            match self.arithmetic {
+                Arithmetic::LlamaCpp => attend_group(self.kernel, &queries[..group_end - unit], &rows, self.scale, out),
+                Arithmetic::Fast => {
+                    attend_group_fast(self.kernel, &queries[..group_end - unit], &rows, self.scale, out)
+                }
+            }
             unit = group_end;
         }
     }
@@ -231,6 +288,34 @@ fn attend_group(kernel: Kernel, queries: &[&[f32]], rows: &Rows<'_>, scale: f32,
     }
 }
 
+/// `attend_group` in `Arithmetic::Fast`, with the fast kernel for AVX-512 or AVX2 (the portable
+/// one per head for a group size the SIMD kernels are not built for). Each head's bits do not
+/// depend on the group it runs in, but differ from kernel to kernel.
+fn attend_group_fast(kernel: Kernel, queries: &[&[f32]], rows: &Rows<'_>, scale: f32, out: &mut [f32]) {
+    let head_dim = out.len() / queries.len().max(1);
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => {
+            // SAFETY: as in `attend_group`: `Kernel::detect` confirmed AVX-512F and the head size.
+            if unsafe { x86::attend_group_fast_avx512(queries, rows, scale, out) } {
+                return;
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => {
+            // SAFETY: as in `attend_group`: `Kernel::detect` confirmed AVX2, FMA, F16C and the
+            // head size.
+            if unsafe { x86::attend_group_fast_avx2(queries, rows, scale, out) } {
+                return;
+            }
+        }
+        Kernel::Portable => {}
+    }
+    for (query, out) in queries.iter().zip(out.chunks_exact_mut(head_dim)) {
+        attend_one_fast_portable(query, rows, scale, out);
+    }
+}
+
 /// The cache rows one query row attends to.
 struct Rows<'a> {
     key_rows: &'a CacheRows,
@@ -295,12 +380,43 @@ fn attend_one_portable(query: &[f32], rows: &Rows<'_>, scale: f32, out: &mut [f3
     }
 }
 
+/// The fast arithmetic one slot at a time, in f32: the online softmax with the scaled query.
+fn attend_one_fast_portable(query: &[f32], rows: &Rows<'_>, scale: f32, out: &mut [f32]) {
+    let head_dim = query.len();
+    let query: Vec<f32> = query.iter().map(|&q| q * scale).collect();
+    let mut accumulated = vec![0f32; head_dim];
+    let mut running_max = f32::NEG_INFINITY;
+    let mut running_sum = 0f32;
+    for slot in 0..rows.visible {
+        let key = rows.key(slot, head_dim);
+        let score: f32 = query.iter().zip(key).map(|(&q, &k)| q * k.to_f32()).sum();
+        if score > running_max {
+            let factor = (running_max - score).exp();
+            running_max = score;
+            running_sum *= factor;
+            for acc in accumulated.iter_mut() {
+                *acc *= factor;
+            }
+        }
+        let weight = (score - running_max).exp();
+        running_sum += weight;
+        for (acc, &v) in accumulated.iter_mut().zip(rows.value(slot, head_dim)) {
+            *acc = v.to_f32().mul_add(weight, *acc);
+        }
+    }
+    let inverse_sum = if running_sum == 0.0 { 0.0 } else { 1.0 / running_sum };
+    for (out, acc) in out.iter_mut().zip(&accumulated) {
+        *out = acc * inverse_sum;
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     //! The row kernel with AVX2, FMA and F16C (8 lanes) or AVX-512 (16 lanes): the same
     //! roundings in the same order as the portable kernel (and ggml), for up to `MAX_GROUP`
     //! heads at once. Per lane they do the same operations; the AVX-512 one also takes the
-    //! softmax bookkeeping sixteen slots at a time (`fill_weights_avx512`).
+    //! softmax bookkeeping sixteen slots at a time (`fill_weights_avx512`). The fast kernel
+    //! (`Arithmetic::Fast`) comes in both widths too (`fast_avx2`, `fast_avx512`).
 
     use std::arch::x86_64::*;
 
@@ -595,6 +711,18 @@ mod x86 {
         _mm256_add_ps(lanes_high, lanes_low)
     }
 
+    /// A query and a widened key multiplied lane by lane and summed down to 8 lanes by one
+    /// chain of multiply-adds: eight operations at head size 64 where ggml's order takes fifteen.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn lanes_fast_avx2(query: &[__m256], key: &[__m256]) -> __m256 {
+        let mut acc = _mm256_mul_ps(query[0], key[0]);
+        for (q, k) in query[1..].iter().zip(&key[1..]) {
+            acc = _mm256_fmadd_ps(*q, *k, acc);
+        }
+        acc
+    }
+
     /// The rest of `_mm512_reduce_add_ps` for eight dot products at once, from their
     /// `eight_lanes_avx2` vectors: per product the upper four lanes plus the lower four, then
     /// (0 + 2) + (1 + 3), each addition as for one product alone, but eight products to a vector
@@ -691,7 +819,7 @@ mod x86 {
         while first < rows.visible {
             let count = (rows.visible - first).min(BLOCK);
             let mut scores = [[0f32; BLOCK]; G];
-            scores_avx2::<G, DIM>(&query, rows, first, count, scale, &mut partial, &mut scores);
+            scores_avx2::<G, DIM, true>(&query, rows, first, count, scale, &mut partial, &mut scores);
             BlockWeights::fill(&mut weights, &scores, count, &mut running_max);
             values_avx2::<G, DIM>(rows, first, count, &weights, &mut accumulated, &mut running_sum);
             first += count;
@@ -705,12 +833,13 @@ mod x86 {
     }
 
     /// The scores of slots `first..first + count` for every head: each key row widened once
-    /// and dotted with every query, the products' last additions eight products at a time
-    /// (`dots_avx2`; `partial` holds the products' eight lanes until then, and past `count` an
-    /// earlier block's, whose sums are not used), then scaled.
+    /// and dotted with every query (in ggml's order where `EXACT`, else by `lanes_fast_avx2`),
+    /// the products' last additions eight products at a time (`dots_avx2`; `partial` holds the
+    /// products' eight lanes until then, and past `count` an earlier block's, whose sums are not
+    /// used), then scaled.
     #[inline(never)]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn scores_avx2<const G: usize, const DIM: usize>(
+    unsafe fn scores_avx2<const G: usize, const DIM: usize, const EXACT: bool>(
         query: &[[__m256; MAX_HEAD_DIM / 8]; G],
         rows: &Rows<'_>,
         first: usize,
@@ -722,15 +851,20 @@ mod x86 {
         const LANES: usize = 8;
         let vectors = DIM / LANES;
         for offset in 0..count {
-            // The value pass reads this block's value rows next.
-            prefetch(rows.value_data, rows.value_start(first + offset), DIM);
+            // The value pass reads this block's value rows next; the fast kernel's value pass
+            // is quick enough that the rows of the block after are asked for instead.
+            prefetch(rows.value_data, rows.value_start(first + offset + if EXACT { 0 } else { BLOCK }), DIM);
             let key = rows.key(first + offset, DIM);
             let mut widened = [_mm256_setzero_ps(); MAX_HEAD_DIM / LANES];
             for (vector, lanes) in widened[..vectors].iter_mut().zip(key.chunks_exact(LANES)) {
                 *vector = load_f16(lanes);
             }
             for (partial, query) in partial.iter_mut().zip(query) {
-                partial[offset / LANES][offset % LANES] = eight_lanes_avx2(&query[..vectors], &widened[..vectors]);
+                partial[offset / LANES][offset % LANES] = if EXACT {
+                    eight_lanes_avx2(&query[..vectors], &widened[..vectors])
+                } else {
+                    lanes_fast_avx2(&query[..vectors], &widened[..vectors])
+                };
             }
         }
         let scale = _mm256_set1_ps(scale);
@@ -824,6 +958,18 @@ mod x86 {
         _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]))
     }
 
+    /// A query and a widened key multiplied lane by lane and summed down to 16 lanes by one
+    /// chain of multiply-adds: four operations at head size 64 where ggml's order takes seven.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn lanes_fast_avx512(query: &[__m512], key: &[__m512]) -> __m512 {
+        let mut acc = _mm512_mul_ps(query[0], key[0]);
+        for (q, k) in query[1..].iter().zip(&key[1..]) {
+            acc = _mm512_fmadd_ps(*q, *k, acc);
+        }
+        acc
+    }
+
     /// `_mm512_reduce_add_ps` as ggml's build runs it (lanes 8..16 plus lanes 0..8, the upper
     /// four plus the lower four, then (0 + 2) + (1 + 3)) for sixteen dot products at once, from
     /// their `lanes_avx512` vectors, sixteen products to a vector operation. Lane `i` of the
@@ -887,7 +1033,7 @@ mod x86 {
         while first < rows.visible {
             let count = (rows.visible - first).min(BLOCK);
             let mut scores = [[0f32; BLOCK]; G];
-            scores_avx512::<G, DIM>(&query, rows, first, count, scale, &mut partial, &mut scores);
+            scores_avx512::<G, DIM, true>(&query, rows, first, count, scale, &mut partial, &mut scores);
             fill_weights_avx512(&mut weights, &scores, count, &mut running_max);
             values_avx512::<G, DIM>(rows, first, count, &weights, &mut accumulated, &mut running_sum);
             first += count;
@@ -906,7 +1052,7 @@ mod x86 {
     /// earlier block's, whose sums are not used), then scaled.
     #[inline(never)]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn scores_avx512<const G: usize, const DIM: usize>(
+    unsafe fn scores_avx512<const G: usize, const DIM: usize, const EXACT: bool>(
         query: &[[__m512; MAX_HEAD_DIM / 16]; G],
         rows: &Rows<'_>,
         first: usize,
@@ -918,15 +1064,20 @@ mod x86 {
         const LANES: usize = 16;
         let vectors = DIM / LANES;
         for offset in 0..count {
-            // The value pass reads this block's value rows next.
-            prefetch(rows.value_data, rows.value_start(first + offset), DIM);
+            // The value pass reads this block's value rows next; the fast kernel's value pass
+            // is quick enough that the rows of the block after are asked for instead.
+            prefetch(rows.value_data, rows.value_start(first + offset + if EXACT { 0 } else { BLOCK }), DIM);
             let key = rows.key(first + offset, DIM);
             let mut widened = [_mm512_setzero_ps(); MAX_HEAD_DIM / LANES];
             for (vector, lanes) in widened[..vectors].iter_mut().zip(key.chunks_exact(LANES)) {
                 *vector = load_f16_512(lanes);
             }
             for (partial, query) in partial.iter_mut().zip(query) {
-                partial[offset / LANES][offset % LANES] = lanes_avx512(&query[..vectors], &widened[..vectors]);
+                partial[offset / LANES][offset % LANES] = if EXACT {
+                    lanes_avx512(&query[..vectors], &widened[..vectors])
+                } else {
+                    lanes_fast_avx512(&query[..vectors], &widened[..vectors])
+                };
             }
         }
         let scale = _mm512_set1_ps(scale);
@@ -989,6 +1140,371 @@ mod x86 {
             }
         }
     }
+
+    /// The fast kernel (`Arithmetic::Fast`) for `queries.len()` heads of `rows`'s KV head with
+    /// AVX-512; `false` (nothing written) for a shape it is not built for.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(super) unsafe fn attend_group_fast_avx512(
+        queries: &[&[f32]],
+        rows: &Rows<'_>,
+        scale: f32,
+        out: &mut [f32],
+    ) -> bool {
+        by_shape!(fast_avx512, queries, rows, scale, out)
+    }
+
+    /// `G` heads of dimension `DIM` in f32 throughout: the scores as `scores_avx512` takes them
+    /// (of the query already scaled, not rounded to f16), then per block of slots one maximum,
+    /// one rescale of the accumulators where it rose, the block's weights sixteen at a time
+    /// (`fast_weights_avx512`), and the weighted value rows added in f32. Against the exact
+    /// kernel this drops the two conversions per multiply-add that ggml's f16 accumulator costs
+    /// (most of the value pass), the per-slot rescale, and the C library's `expf`.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn fast_avx512<const G: usize, const DIM: usize>(
+        queries: &[&[f32]],
+        rows: &Rows<'_>,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        const LANES: usize = 16;
+        let vectors = DIM / LANES;
+        let zero = _mm512_setzero_ps();
+        let mut query = [[zero; MAX_HEAD_DIM / LANES]; G];
+        for (query, source) in query.iter_mut().zip(queries) {
+            for (vector, lanes) in query[..vectors].iter_mut().zip(source[..DIM].chunks_exact(LANES)) {
+                *vector = _mm512_mul_ps(_mm512_loadu_ps(lanes.as_ptr()), _mm512_set1_ps(scale));
+            }
+        }
+        let mut accumulated = [[zero; MAX_HEAD_DIM / LANES]; G];
+        let mut running_max = [f32::NEG_INFINITY; G];
+        let mut running_sum = [0f32; G];
+        let mut partial = [[[zero; LANES]; BLOCK / LANES]; G];
+        for slot in 0..rows.visible.min(PREFETCH_KEYS_AHEAD) {
+            prefetch(rows.key_data, rows.key_start(slot), DIM);
+        }
+        for slot in 0..rows.visible.min(BLOCK) {
+            prefetch(rows.value_data, rows.value_start(slot), DIM);
+        }
+        let mut first = 0;
+        while first < rows.visible {
+            let count = (rows.visible - first).min(BLOCK);
+            let mut scores = [[0f32; BLOCK]; G];
+            scores_avx512::<G, DIM, false>(&query, rows, first, count, 1.0, &mut partial, &mut scores);
+            let mut weights = [[0f32; BLOCK]; G];
+            for head in 0..G {
+                let factor = fast_weights_avx512(
+                    &scores[head],
+                    count,
+                    &mut running_max[head],
+                    &mut running_sum[head],
+                    &mut weights[head],
+                );
+                if factor != 1.0 {
+                    for vector in &mut accumulated[head][..vectors] {
+                        *vector = _mm512_mul_ps(*vector, _mm512_set1_ps(factor));
+                    }
+                }
+            }
+            values_fast_avx512::<G, DIM>(rows, first, count, &weights, &mut accumulated);
+            first += count;
+        }
+        for ((out, accumulated), &sum) in out.chunks_exact_mut(DIM).zip(&accumulated).zip(&running_sum) {
+            let inverse_sum = _mm512_set1_ps(if sum == 0.0 { 0.0 } else { 1.0 / sum });
+            for (lanes, acc) in out.chunks_exact_mut(LANES).zip(&accumulated[..vectors]) {
+                _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_mul_ps(*acc, inverse_sum));
+            }
+        }
+    }
+
+    /// One head's weights for the first `count` `scores` of a block: the block's maximum
+    /// raises `running_max` (once per block, not per slot as ggml's online softmax does), each
+    /// weight is e^(score - max), and `running_sum` is rescaled and grows by them. Returns the
+    /// factor the head's accumulator must be scaled by first (1 where the maximum held).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn fast_weights_avx512(
+        scores: &[f32; BLOCK],
+        count: usize,
+        running_max: &mut f32,
+        running_sum: &mut f32,
+        weights: &mut [f32; BLOCK],
+    ) -> f32 {
+        const _: () = assert!(BLOCK == 32);
+        let live = |start: usize| -> __mmask16 {
+            match count.saturating_sub(start) {
+                0 => 0,
+                n if n >= 16 => 0xFFFF,
+                n => (1 << n) - 1,
+            }
+        };
+        let negative_infinity = _mm512_set1_ps(f32::NEG_INFINITY);
+        let (live_low, live_high) = (live(0), live(16));
+        let low = _mm512_mask_loadu_ps(negative_infinity, live_low, scores.as_ptr());
+        let high = _mm512_mask_loadu_ps(negative_infinity, live_high, scores[16..].as_ptr());
+        let block_max = _mm512_reduce_max_ps(_mm512_max_ps(low, high));
+        let mut factor = 1f32;
+        if block_max > *running_max {
+            factor = (*running_max - block_max).exp();
+            *running_max = block_max;
+            *running_sum *= factor;
+        }
+        let max = _mm512_set1_ps(*running_max);
+        let weights_low = _mm512_maskz_mov_ps(live_low, fast_exp_avx512(_mm512_sub_ps(low, max)));
+        let weights_high = _mm512_maskz_mov_ps(live_high, fast_exp_avx512(_mm512_sub_ps(high, max)));
+        _mm512_storeu_ps(weights.as_mut_ptr(), weights_low);
+        _mm512_storeu_ps(weights[16..].as_mut_ptr(), weights_high);
+        *running_sum += _mm512_reduce_add_ps(_mm512_add_ps(weights_low, weights_high));
+        factor
+    }
+
+    /// e^x for x <= 0 to about 2 ulp (Cephes' `expf`: x = n ln 2 + r with |r| <= ln 2 / 2, a
+    /// degree-7 polynomial in r, times 2^n by `scalef`, which also underflows gracefully to 0).
+    /// Arguments below -88 give e^-88 or less (zero or nearly), which is all a softmax weight
+    /// that small can contribute.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(super) unsafe fn fast_exp_avx512(x: __m512) -> __m512 {
+        let x = _mm512_max_ps(x, _mm512_set1_ps(-88.0));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+            x,
+            _mm512_set1_ps(std::f32::consts::LOG2_E),
+        ));
+        // ln 2 in two parts, so that n * LN2_HIGH is exact for the n that occur.
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm512_set1_ps(1.987_569_1e-4);
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0)));
+        _mm512_scalef_ps(p, n)
+    }
+
+    /// Adds the weighted value rows of slots `first..first + count` to every head's f32
+    /// accumulator, a chunk of a row's vectors at a time as `values_avx512` (each vector
+    /// widened once for all heads), and prefetches the next block's key rows.
+    #[inline(never)]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn values_fast_avx512<const G: usize, const DIM: usize>(
+        rows: &Rows<'_>,
+        first: usize,
+        count: usize,
+        weights: &[[f32; BLOCK]; G],
+        accumulated: &mut [[__m512; MAX_HEAD_DIM / 16]; G],
+    ) {
+        const LANES: usize = 16;
+        const MAX_VECTORS: usize = MAX_HEAD_DIM / LANES;
+        let vectors = DIM / LANES;
+        let chunk = const { chunk_vectors(DIM / 16, G, 26) };
+        for start in (0..vectors).step_by(chunk) {
+            let mut acc = [[_mm512_setzero_ps(); MAX_VECTORS]; G];
+            for (acc, all) in acc.iter_mut().zip(accumulated.iter()) {
+                acc[..chunk].copy_from_slice(&all[start..start + chunk]);
+            }
+            for offset in 0..count {
+                let value = &rows.value(first + offset, DIM)[start * LANES..(start + chunk) * LANES];
+                for (vector, lanes) in value.chunks_exact(LANES).enumerate() {
+                    let v = load_f16_512(lanes);
+                    for (acc, weights) in acc.iter_mut().zip(weights) {
+                        acc[vector] = _mm512_fmadd_ps(v, _mm512_set1_ps(weights[offset]), acc[vector]);
+                    }
+                }
+                if start == 0 && first + PREFETCH_KEYS_AHEAD + offset < rows.visible {
+                    prefetch(rows.key_data, rows.key_start(first + PREFETCH_KEYS_AHEAD + offset), DIM);
+                }
+            }
+            for (acc, all) in acc.iter().zip(accumulated.iter_mut()) {
+                all[start..start + chunk].copy_from_slice(&acc[..chunk]);
+            }
+        }
+    }
+
+    /// The fast kernel with AVX2 alone, as `attend_group_fast_avx512`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn attend_group_fast_avx2(
+        queries: &[&[f32]],
+        rows: &Rows<'_>,
+        scale: f32,
+        out: &mut [f32],
+    ) -> bool {
+        by_shape!(fast_avx2, queries, rows, scale, out)
+    }
+
+    /// `fast_avx512` with 8 lanes per vector: the scores as `scores_avx2` takes them (of the
+    /// query already scaled, not rounded to f16), then per block of slots one maximum, one
+    /// rescale of the accumulators where it rose, the block's weights eight at a time
+    /// (`fast_weights_avx2`), and the weighted value rows added in f32 (`values_fast_avx2`).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn fast_avx2<const G: usize, const DIM: usize>(
+        queries: &[&[f32]],
+        rows: &Rows<'_>,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        const LANES: usize = 8;
+        let vectors = DIM / LANES;
+        let zero = _mm256_setzero_ps();
+        let mut query = [[zero; MAX_HEAD_DIM / LANES]; G];
+        for (query, source) in query.iter_mut().zip(queries) {
+            for (vector, lanes) in query[..vectors].iter_mut().zip(source[..DIM].chunks_exact(LANES)) {
+                *vector = _mm256_mul_ps(_mm256_loadu_ps(lanes.as_ptr()), _mm256_set1_ps(scale));
+            }
+        }
+        let mut accumulated = [[zero; MAX_HEAD_DIM / LANES]; G];
+        let mut running_max = [f32::NEG_INFINITY; G];
+        let mut running_sum = [0f32; G];
+        let mut partial = [[[zero; LANES]; BLOCK / LANES]; G];
+        for slot in 0..rows.visible.min(PREFETCH_KEYS_AHEAD) {
+            prefetch(rows.key_data, rows.key_start(slot), DIM);
+        }
+        for slot in 0..rows.visible.min(BLOCK) {
+            prefetch(rows.value_data, rows.value_start(slot), DIM);
+        }
+        let mut first = 0;
+        while first < rows.visible {
+            let count = (rows.visible - first).min(BLOCK);
+            let mut scores = [[0f32; BLOCK]; G];
+            scores_avx2::<G, DIM, false>(&query, rows, first, count, 1.0, &mut partial, &mut scores);
+            let mut weights = [[0f32; BLOCK]; G];
+            for head in 0..G {
+                let factor = fast_weights_avx2(
+                    &scores[head],
+                    count,
+                    &mut running_max[head],
+                    &mut running_sum[head],
+                    &mut weights[head],
+                );
+                if factor != 1.0 {
+                    for vector in &mut accumulated[head][..vectors] {
+                        *vector = _mm256_mul_ps(*vector, _mm256_set1_ps(factor));
+                    }
+                }
+            }
+            values_fast_avx2::<G, DIM>(rows, first, count, &weights, &mut accumulated);
+            first += count;
+        }
+        for ((out, accumulated), &sum) in out.chunks_exact_mut(DIM).zip(&accumulated).zip(&running_sum) {
+            let inverse_sum = _mm256_set1_ps(if sum == 0.0 { 0.0 } else { 1.0 / sum });
+            for (lanes, acc) in out.chunks_exact_mut(LANES).zip(&accumulated[..vectors]) {
+                _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_mul_ps(*acc, inverse_sum));
+            }
+        }
+    }
+
+    /// `fast_weights_avx512` with four 8-lane vectors to the block: lanes past `count` are
+    /// -inf for the maximum and 0 as weights.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn fast_weights_avx2(
+        scores: &[f32; BLOCK],
+        count: usize,
+        running_max: &mut f32,
+        running_sum: &mut f32,
+        weights: &mut [f32; BLOCK],
+    ) -> f32 {
+        const LANES: usize = 8;
+        const _: () = assert!(BLOCK == 4 * LANES);
+        let negative_infinity = _mm256_set1_ps(f32::NEG_INFINITY);
+        let lane_index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        // All ones in the lanes of slots before `count` (`count <= BLOCK`, so the casts are exact).
+        let live: [__m256; 4] = std::array::from_fn(|vector| {
+            let left = _mm256_set1_epi32(count as i32 - (vector * LANES) as i32);
+            _mm256_castsi256_ps(_mm256_cmpgt_epi32(left, lane_index))
+        });
+        let lanes: [__m256; 4] = std::array::from_fn(|vector| {
+            let loaded = _mm256_loadu_ps(scores[vector * LANES..].as_ptr());
+            _mm256_blendv_ps(negative_infinity, loaded, live[vector])
+        });
+        let max = _mm256_max_ps(_mm256_max_ps(lanes[0], lanes[1]), _mm256_max_ps(lanes[2], lanes[3]));
+        let max = _mm_max_ps(_mm256_castps256_ps128(max), _mm256_extractf128_ps::<1>(max));
+        let max = _mm_max_ps(max, _mm_movehl_ps(max, max));
+        let block_max = _mm_cvtss_f32(_mm_max_ss(max, _mm_shuffle_ps::<0b01>(max, max)));
+        let mut factor = 1f32;
+        if block_max > *running_max {
+            factor = (*running_max - block_max).exp();
+            *running_max = block_max;
+            *running_sum *= factor;
+        }
+        let max = _mm256_set1_ps(*running_max);
+        let mut sum = _mm256_setzero_ps();
+        for (vector, (lanes, live)) in lanes.iter().zip(&live).enumerate() {
+            let weight = _mm256_and_ps(*live, fast_exp_avx2(_mm256_sub_ps(*lanes, max)));
+            _mm256_storeu_ps(weights[vector * LANES..].as_mut_ptr(), weight);
+            sum = _mm256_add_ps(sum, weight);
+        }
+        let sum = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps::<1>(sum));
+        let sum = _mm_add_ps(sum, _mm_movehl_ps(sum, sum));
+        *running_sum += _mm_cvtss_f32(_mm_add_ss(sum, _mm_shuffle_ps::<0b01>(sum, sum)));
+        factor
+    }
+
+    /// `fast_exp_avx512` in 8 lanes, for x <= 0: the same polynomial and constants, with 2^n
+    /// applied by adding n to the exponent bits of the polynomial's value (in [0.70, 1.42])
+    /// instead of by `scalef`, which AVX2 lacks. So that the result stays a normal float, x is
+    /// clamped to [-87, 0] first: arguments below -87 give e^-87 ~ 1.6e-38, as negligible a
+    /// softmax weight as zero. (At x >= -87, n >= -126, and where n = -126 the remainder r is
+    /// positive, so the value is at least 1 and the exponent stays at -126 or above.)
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn fast_exp_avx2(x: __m256) -> __m256 {
+        let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0)), _mm256_setzero_ps());
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+            x,
+            _mm256_set1_ps(std::f32::consts::LOG2_E),
+        ));
+        // ln 2 in two parts, so that n * LN2_HIGH is exact for the n that occur.
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm256_set1_ps(1.987_569_1e-4);
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+        let exponent = _mm256_slli_epi32::<23>(_mm256_cvtps_epi32(n));
+        _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), exponent))
+    }
+
+    /// Adds the weighted value rows of slots `first..first + count` to every head's f32
+    /// accumulator, a chunk of a row's vectors at a time as `values_avx2` (each vector
+    /// widened once for all heads), and prefetches the next block's key rows.
+    #[inline(never)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn values_fast_avx2<const G: usize, const DIM: usize>(
+        rows: &Rows<'_>,
+        first: usize,
+        count: usize,
+        weights: &[[f32; BLOCK]; G],
+        accumulated: &mut [[__m256; MAX_HEAD_DIM / 8]; G],
+    ) {
+        const LANES: usize = 8;
+        const MAX_VECTORS: usize = MAX_HEAD_DIM / LANES;
+        let vectors = DIM / LANES;
+        let chunk = const { chunk_vectors(DIM / 8, G, 12) };
+        for start in (0..vectors).step_by(chunk) {
+            let mut acc = [[_mm256_setzero_ps(); MAX_VECTORS]; G];
+            for (acc, all) in acc.iter_mut().zip(accumulated.iter()) {
+                acc[..chunk].copy_from_slice(&all[start..start + chunk]);
+            }
+            for offset in 0..count {
+                let value = &rows.value(first + offset, DIM)[start * LANES..(start + chunk) * LANES];
+                for (vector, lanes) in value.chunks_exact(LANES).enumerate() {
+                    let v = load_f16(lanes);
+                    for (acc, weights) in acc.iter_mut().zip(weights) {
+                        acc[vector] = _mm256_fmadd_ps(v, _mm256_set1_ps(weights[offset]), acc[vector]);
+                    }
+                }
+                if start == 0 && first + PREFETCH_KEYS_AHEAD + offset < rows.visible {
+                    prefetch(rows.key_data, rows.key_start(first + PREFETCH_KEYS_AHEAD + offset), DIM);
+                }
+            }
+            for (acc, all) in acc.iter().zip(accumulated.iter_mut()) {
+                all[start..start + chunk].copy_from_slice(&acc[..chunk]);
+            }
+        }
+    }
+
+    /// How far ahead of the block being weighed the fast kernels ask for key rows.
+    const PREFETCH_KEYS_AHEAD: usize = 2 * BLOCK;
 
     /// Keeps `MAX_GROUP` and the shapes `by_shape!` lists in step.
     const _: () = assert!(MAX_GROUP == 4);
@@ -1284,6 +1800,170 @@ mod tests {
         }
     }
 
+    /// One head's attention in f64, softmax and all: the yardstick for both arithmetics.
+    fn attend_f64(query: &[f32], rows: &Rows<'_>, scale: f32) -> Vec<f64> {
+        let head_dim = query.len();
+        let scores: Vec<f64> = (0..rows.visible)
+            .map(|slot| {
+                let key = rows.key(slot, head_dim);
+                key.iter().zip(query).map(|(k, &q)| k.to_f64() * f64::from(q)).sum::<f64>() * f64::from(scale)
+            })
+            .collect();
+        let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let weights: Vec<f64> = scores.iter().map(|score| (score - max).exp()).collect();
+        let sum: f64 = weights.iter().sum();
+        let mut out = vec![0f64; head_dim];
+        for (slot, weight) in weights.iter().enumerate() {
+            for (out, value) in out.iter_mut().zip(rows.value(slot, head_dim)) {
+                *out += weight * value.to_f64();
+            }
+        }
+        out.iter().map(|out| out / sum).collect()
+    }
+
+    fn largest_difference(ours: &[f32], reference: &[f64]) -> f64 {
+        ours.iter().zip(reference).map(|(&a, b)| (f64::from(a) - b).abs()).fold(0.0, f64::max)
+    }
+
+    /// Every fast kernel (the portable one; each SIMD one for every group size, and one past
+    /// `MAX_GROUP`, which falls back) gives each head what attention in f64 gives, to within
+    /// what f32 scores allow (the outputs lie in [-3, 3]; at the largest query scale the dot
+    /// products sum terms of hundreds, whose rounding moves the weights by ~1e-4), and ten
+    /// times closer at least than llama.cpp's arithmetic does.
+    /// Also: each head's result does not depend on the group it ran in, to the bit.
+    #[test]
+    fn fast_kernels_agree_with_attention_in_f64() {
+        let query_scales = [1.37f32, 0.25, 3.0, 12.0, 60.0];
+        let (mut worst_fast, mut worst_llama_cpp) = (0f64, 0f64);
+        for head_dim in [64usize, 128, 192, 256] {
+            let slots = 1100;
+            let layout = CacheRows { offset: 24, head_stride: slots * (head_dim + 8) + 16, slot_stride: head_dim + 8 };
+            let storage = layout.offset + 2 * layout.head_stride;
+            let keys = cache_values(storage, 1);
+            let values = cache_values(storage, 2);
+            let queries: Vec<Vec<f32>> = query_scales
+                .iter()
+                .enumerate()
+                .map(|(h, scale)| cache_values(head_dim, 3 + h as u32).iter().map(|q| q.to_f32() * scale).collect())
+                .collect();
+            let queries: Vec<&[f32]> = queries.iter().map(Vec::as_slice).collect();
+            for kv_head in [0usize, 1] {
+                for visible in [1usize, 2, 15, 16, 17, 31, 32, 33, 63, 64, 65, 300, 1100] {
+                    let rows = Rows {
+                        key_rows: &layout,
+                        key_data: &keys,
+                        value_rows: &layout,
+                        value_data: &values,
+                        kv_head,
+                        visible,
+                    };
+                    let reference: Vec<Vec<f64>> =
+                        queries.iter().map(|query| attend_f64(query, &rows, 0.125)).collect();
+                    let mut alone = Vec::new();
+                    for (query, reference) in queries.iter().zip(&reference) {
+                        let mut out = vec![0f32; head_dim];
+                        attend_one_portable(query, &rows, 0.125, &mut out);
+                        worst_llama_cpp = worst_llama_cpp.max(largest_difference(&out, reference));
+                        for kernel in kernels(head_dim) {
+                            attend_group_fast(kernel, &[query], &rows, 0.125, &mut out);
+                            worst_fast = worst_fast.max(largest_difference(&out, reference));
+                            alone.push((kernel, out.clone()));
+                        }
+                    }
+                    for kernel in kernels(head_dim) {
+                        for group in 1..=MAX_GROUP + 1 {
+                            for heads in [0, queries.len() - group] {
+                                let mut grouped = vec![0f32; group * head_dim];
+                                attend_group_fast(kernel, &queries[heads..heads + group], &rows, 0.125, &mut grouped);
+                                // Past `MAX_GROUP` the SIMD kernels hand the heads to the portable one.
+                                let runs = if group > MAX_GROUP { Kernel::Portable } else { kernel };
+                                for (head, out) in (heads..heads + group).zip(grouped.chunks_exact(head_dim)) {
+                                    let by_itself =
+                                        alone.iter().filter(|(k, _)| *k == runs).nth(head).map(|(_, out)| out);
+                                    assert_eq!(
+                                        Some(bits(out)),
+                                        by_itself.map(|out| bits(out)),
+                                        "{kernel:?}, head {head} of {heads}..{}, head_dim {head_dim}, {visible} slots",
+                                        heads + group
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        eprintln!("largest difference from f64: fast {worst_fast:e}, llama.cpp's arithmetic {worst_llama_cpp:e}");
+        // Measured: 1.7e-4, at the largest query scale (products of hundreds summed in f32);
+        // llama.cpp's arithmetic: 9.3e-2.
+        assert!(worst_fast < 5e-4, "fast kernels {worst_fast:e} from f64");
+        assert!(worst_fast * 10.0 < worst_llama_cpp, "fast {worst_fast:e}, llama.cpp's {worst_llama_cpp:e}");
+    }
+
+    /// `fast_exp_avx512` within 2 ulp of e^x wherever e^x is a normal f32, and (nearly) zero
+    /// below, over every 61st f32 from 0 down to -100.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn fast_exp_is_within_two_ulp() {
+        use std::arch::x86_64::{_mm512_loadu_ps, _mm512_storeu_ps};
+        if !x86::has_avx512() {
+            return;
+        }
+        let mut bits = (-0.0f32).to_bits();
+        let mut worst = (0u32, 0f32);
+        while f32::from_bits(bits) > -100.0 {
+            let lanes: [f32; 16] = std::array::from_fn(|lane| f32::from_bits(bits + 61 * lane as u32));
+            let mut got = [0f32; 16];
+            // SAFETY: AVX-512F was checked above.
+            unsafe { _mm512_storeu_ps(got.as_mut_ptr(), x86::fast_exp_avx512(_mm512_loadu_ps(lanes.as_ptr()))) };
+            for (&x, &e) in lanes.iter().zip(&got) {
+                let exact = f64::from(x).exp() as f32;
+                if exact >= f32::MIN_POSITIVE {
+                    let ulps = e.to_bits().abs_diff(exact.to_bits());
+                    if ulps > worst.0 {
+                        worst = (ulps, x);
+                    }
+                } else {
+                    assert!((0.0..1e-37).contains(&e), "e^{x} gave {e}");
+                }
+            }
+            bits += 61 * 16;
+        }
+        assert!(worst.0 <= 2, "{} ulp at {}", worst.0, worst.1);
+    }
+
+    /// `fast_exp_avx2` within 2 ulp of e^x down to its clamp at -87 (where e^x is still a normal
+    /// f32), and at most e^-87 (nearly zero) below, over every 61st f32 from 0 down to -100.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn fast_exp_avx2_is_within_two_ulp() {
+        use std::arch::x86_64::{_mm256_loadu_ps, _mm256_storeu_ps};
+        if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")) {
+            return;
+        }
+        let mut bits = (-0.0f32).to_bits();
+        let mut worst = (0u32, 0f32);
+        while f32::from_bits(bits) > -100.0 {
+            let lanes: [f32; 8] = std::array::from_fn(|lane| f32::from_bits(bits + 61 * lane as u32));
+            let mut got = [0f32; 8];
+            // SAFETY: AVX2 and FMA were checked above (`fast_exp_avx2` uses no F16C instruction).
+            unsafe { _mm256_storeu_ps(got.as_mut_ptr(), x86::fast_exp_avx2(_mm256_loadu_ps(lanes.as_ptr()))) };
+            for (&x, &e) in lanes.iter().zip(&got) {
+                if x >= -87.0 {
+                    let exact = f64::from(x).exp() as f32;
+                    let ulps = e.to_bits().abs_diff(exact.to_bits());
+                    if ulps > worst.0 {
+                        worst = (ulps, x);
+                    }
+                } else {
+                    assert!((0.0..1e-37).contains(&e), "e^{x} gave {e}");
+                }
+            }
+            bits += 61 * 8;
+        }
+        assert!(worst.0 <= 2, "{} ulp at {}", worst.0, worst.1);
+    }
+
     /// The same on values whose weighted sums leave f16's range (overflow to infinity) or fall
     /// into its subnormals, where a rounding shortcut would show; and on keys that are zeros (of
     /// either sign) on most slots, so that many scores tie at zero and the running maximum must
@@ -1352,7 +2032,8 @@ mod tests {
 
     /// `cpu_flash_attention` end to end, on narrowed cache views as the cache hands them over:
     /// however the units are split into tasks (thread counts from 1 to more than there are
-    /// heads), every output bit equals the portable kernel's, head by head.
+    /// heads), every output bit equals the portable kernel's, head by head (in the fast
+    /// arithmetic: the kernel's own for one head alone).
     #[test]
     fn every_task_split_gives_the_portable_bits() {
         let (n_head, n_kv_head, head_dim, capacity, n_keys) = (9usize, 3usize, 64usize, 700usize, 650usize);
@@ -1375,27 +2056,32 @@ mod tests {
             let value_rows = CacheRows::new(&values).expect("value layout");
             let key_guard = keys.storage_and_layout().0;
             let value_guard = values.storage_and_layout().0;
-            let mut expected = vec![0f32; n_new * n_head * head_dim];
-            for (unit, out) in expected.chunks_exact_mut(head_dim).enumerate() {
-                let (row, head) = (unit / n_head, unit % n_head);
-                let rows = Rows {
-                    key_rows: &key_rows,
-                    key_data: f16_slice(&key_guard).expect("keys"),
-                    value_rows: &value_rows,
-                    value_data: f16_slice(&value_guard).expect("values"),
-                    kv_head: head / (n_head / n_kv_head),
-                    visible: n_keys - n_new + row + 1,
-                };
-                let query = &query_values[(head * n_new + row) * head_dim..][..head_dim];
-                attend_one_portable(query, &rows, 0.125, out);
-            }
-            for threads in [1usize, 2, 3, 4, 8, 16] {
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
-                let output = pool
-                    .install(|| cpu_flash_attention(&queries, &keys, &values, 0.125))
-                    .and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?))
-                    .expect("attention");
-                assert_eq!(bits(&output), bits(&expected), "{n_new} rows, {threads} threads");
+            for arithmetic in [Arithmetic::LlamaCpp, Arithmetic::Fast] {
+                let mut expected = vec![0f32; n_new * n_head * head_dim];
+                for (unit, out) in expected.chunks_exact_mut(head_dim).enumerate() {
+                    let (row, head) = (unit / n_head, unit % n_head);
+                    let rows = Rows {
+                        key_rows: &key_rows,
+                        key_data: f16_slice(&key_guard).expect("keys"),
+                        value_rows: &value_rows,
+                        value_data: f16_slice(&value_guard).expect("values"),
+                        kv_head: head / (n_head / n_kv_head),
+                        visible: n_keys - n_new + row + 1,
+                    };
+                    let query = &query_values[(head * n_new + row) * head_dim..][..head_dim];
+                    match arithmetic {
+                        Arithmetic::LlamaCpp => attend_one_portable(query, &rows, 0.125, out),
+                        Arithmetic::Fast => attend_group_fast(Kernel::detect(head_dim), &[query], &rows, 0.125, out),
+                    }
+                }
+                for threads in [1usize, 2, 3, 4, 8, 16] {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+                    let output = pool
+                        .install(|| cpu_flash_attention(&queries, &keys, &values, 0.125, arithmetic))
+                        .and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?))
+                        .expect("attention");
+                    assert_eq!(bits(&output), bits(&expected), "{arithmetic:?}, {n_new} rows, {threads} threads");
+                }
             }
         }
     }
@@ -1419,7 +2105,14 @@ mod tests {
         let queries: Vec<&[f32]> = queries.iter().map(Vec::as_slice).collect();
         let mut out = vec![0f32; queries.len() * head_dim];
         for (name, layers) in [("hot", 1usize), ("cold", 30)] {
-            for kernel in kernels(head_dim) {
+            for (kernel, arithmetic) in kernels(head_dim)
+                .into_iter()
+                .flat_map(|kernel| [(kernel, Arithmetic::LlamaCpp), (kernel, Arithmetic::Fast)])
+                // ONLY=name times only that kernel and arithmetic, e.g. `ONLY="Avx512 Fast"` (for a profile).
+                .filter(|(kernel, arithmetic)| {
+                    std::env::var("ONLY").map_or(true, |only| only == format!("{kernel:?} {arithmetic:?}"))
+                })
+            {
                 for group in [1usize, heads_per_kv] {
                     let mut best = f64::INFINITY;
                     for _ in 0..if layers == 1 { 15 } else { 5 } {
@@ -1441,14 +2134,18 @@ mod tests {
                                 };
                                 for first in (kv_head * heads_per_kv..(kv_head + 1) * heads_per_kv).step_by(group) {
                                     let out = &mut out[first * head_dim..(first + group) * head_dim];
-                                    attend_group(kernel, &queries[first..first + group], &rows, 0.125, out);
+                                    let queries = &queries[first..first + group];
+                                    match arithmetic {
+                                        Arithmetic::LlamaCpp => attend_group(kernel, queries, &rows, 0.125, out),
+                                        Arithmetic::Fast => attend_group_fast(kernel, queries, &rows, 0.125, out),
+                                    }
                                 }
                             }
                         }
                         best = best.min(started.elapsed().as_secs_f64());
                     }
                     let per_head_slot = best * 1e9 / (layers * queries.len() * slots) as f64;
-                    println!("{name} {kernel:?} group {group}: {per_head_slot:.2} ns per head and slot");
+                    println!("{name} {kernel:?} {arithmetic:?} group {group}: {per_head_slot:.2} ns per head and slot");
                     std::hint::black_box(&out);
                 }
             }

@@ -22,6 +22,7 @@ pub mod sampling;
 pub mod stream_eval;
 pub mod worker;
 
+pub use attention::Arithmetic;
 pub use cache_map::{CacheSimulator, Feed, SlotBook, TokenState};
 pub use cache_policy::{CacheConfig, CachePolicy, CacheSpecError, SepParams};
 pub use device::DeviceChoice;

@@ -14,6 +14,7 @@ use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{DType, Device, Tensor};
 use sepchat_text::{ChatTemplate, GgufTokenizer};
 
+use crate::attention::Arithmetic;
 use crate::cache_map::CacheSimulator;
 use crate::cache_policy::{CacheConfig, SeparatorRule};
 use crate::causal_softmax::CausalSoftmax;
@@ -89,6 +90,8 @@ pub struct LlamaModel {
     paper_separators: Arc<SeparatorSet>,
     /// The threads every forward pass runs on.
     pool: rayon::ThreadPool,
+    /// How decode steps and short chunks round their attention on the CPU.
+    attention_arithmetic: Arithmetic,
 }
 
 /// Query rows from which llama.cpp's CPU flash attention uses its tiled path (GGML_FA_TILE_Q).
@@ -171,7 +174,20 @@ impl LlamaModel {
             vocabulary_separators,
             paper_separators,
             pool,
+            attention_arithmetic: Arithmetic::default(),
         })
+    }
+
+    /// Chooses the CPU attention kernel's arithmetic for decode steps and chunks of fewer than
+    /// 64 tokens (longer chunks take the batched f32 path either way): `Arithmetic::Fast` by
+    /// default; `Arithmetic::LlamaCpp` reproduces llama.cpp's logits bit for bit, for checks
+    /// against its goldens.
+    pub fn set_attention_arithmetic(&mut self, arithmetic: Arithmetic) {
+        self.attention_arithmetic = arithmetic;
+    }
+
+    pub fn attention_arithmetic(&self) -> Arithmetic {
+        self.attention_arithmetic
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -339,7 +355,13 @@ impl LlamaModel {
         let (all_keys, all_values) = cache.append_layer(layer_idx, &keys, &values.squeeze(0)?)?;
         let scale = 1.0 / (head_dim as f64).sqrt();
         let mixed = if self.uses_row_kernel(n_new) {
-            crate::attention::cpu_flash_attention(&queries, &all_keys, &all_values, scale as f32)?
+            crate::attention::cpu_flash_attention(
+                &queries,
+                &all_keys,
+                &all_values,
+                scale as f32,
+                self.attention_arithmetic,
+            )?
         } else {
             // Long chunks and accelerators: batched matmuls in f32 (the f16 cache is widened first),
             // as llama.cpp's tiled CPU path does for 64 rows or more.
