@@ -19,7 +19,7 @@ use sepchat_core::api::{
     NewConversationRequest, Sampling, SendMessageRequest, SendResult, StreamOptions,
 };
 use sepchat_core::App;
-use sepchat_engine::{CacheConfig, DeviceChoice};
+use sepchat_engine::{Arithmetic, CacheConfig, DeviceChoice};
 use serde::Serialize;
 
 use crate::options::{with_usage_exit, GenerationArgs, ModelArgs};
@@ -329,7 +329,11 @@ pub(crate) async fn load_model(app: &App, model_args: &ModelArgs) -> anyhow::Res
         ProgressStyle::with_template("{spinner} {msg} {elapsed}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     spinner.enable_steady_tick(Duration::from_millis(100));
-    let request = LoadModelRequest { path: Some(path.to_string_lossy().into_owned()), device: Some(device.into()) };
+    let request = LoadModelRequest {
+        path: Some(path.to_string_lossy().into_owned()),
+        device: Some(device.into()),
+        attention: Some(Arithmetic::from(model_args.attention).name().into()),
+    };
     let loaded = app.load_model(request).await;
     spinner.finish_and_clear();
     Ok(loaded?)

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use sepchat_engine::{CacheConfig, CacheSpecError, DeviceChoice, LlamaModel, SamplingParams};
+use sepchat_engine::{Arithmetic, CacheConfig, CacheSpecError, DeviceChoice, LlamaModel, SamplingParams};
 
 #[derive(Args)]
 pub struct ModelArgs {
@@ -20,6 +20,26 @@ pub struct ModelArgs {
     /// Worker threads for the matrix kernels; default: all cores.
     #[arg(long, global = true)]
     pub threads: Option<usize>,
+    /// How the CPU attention of decode steps rounds: `fast` (f32, the default) or `llama-cpp`
+    /// (llama.cpp's flash-attention kernel rounding for rounding: its greedy output exactly).
+    #[arg(long, global = true, value_enum, default_value_t = AttentionArg::Fast)]
+    pub attention: AttentionArg,
+}
+
+/// `--attention`: the engine's `Arithmetic` as a command-line value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AttentionArg {
+    Fast,
+    LlamaCpp,
+}
+
+impl From<AttentionArg> for Arithmetic {
+    fn from(value: AttentionArg) -> Self {
+        match value {
+            AttentionArg::Fast => Arithmetic::Fast,
+            AttentionArg::LlamaCpp => Arithmetic::LlamaCpp,
+        }
+    }
 }
 
 impl ModelArgs {
@@ -60,7 +80,9 @@ impl ModelArgs {
         spinner.enable_steady_tick(Duration::from_millis(100));
         let model = LlamaModel::load(&path, &device);
         spinner.finish_and_clear();
-        Ok(model?)
+        let mut model = model?;
+        model.set_attention_arithmetic(self.attention.into());
+        Ok(model)
     }
 }
 

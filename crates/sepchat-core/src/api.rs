@@ -432,6 +432,9 @@ pub struct LoadModelRequest {
     pub path: Option<String>,
     /// `auto`, `cpu`, `cuda` or `metal`.
     pub device: Option<String>,
+    /// How the CPU attention of decode steps rounds: `fast` (the default: f32) or `llama-cpp`
+    /// (llama.cpp's flash-attention kernel rounding for rounding, for output identical to its).
+    pub attention: Option<String>,
 }
 
 /// The loaded model.

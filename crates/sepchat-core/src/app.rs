@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use sepchat_engine::device::device_name;
-use sepchat_engine::{DeviceChoice, Engine, LlamaModel};
+use sepchat_engine::{Arithmetic, DeviceChoice, Engine, LlamaModel};
 use sepchat_store::{NewConversation, Store, DATABASE_FILE_NAME};
 
 use crate::api::{
@@ -48,6 +48,7 @@ pub(crate) struct LoadedModel {
     pub engine: Arc<Engine>,
     pub info: ModelInfo,
     pub device_choice: DeviceChoice,
+    pub arithmetic: Arithmetic,
 }
 
 impl LoadedModel {
@@ -154,8 +155,15 @@ impl App {
             None => DeviceChoice::Auto,
             Some(name) => name.parse().map_err(CoreError::InvalidInput)?,
         };
+        let arithmetic: Arithmetic = match request.attention.as_deref() {
+            None => Arithmetic::default(),
+            Some(name) => name.parse().map_err(CoreError::InvalidInput)?,
+        };
         if let Ok(current) = self.inner.loaded() {
-            if Path::new(&current.info.path) == path && current.device_choice == device_choice {
+            if Path::new(&current.info.path) == path
+                && current.device_choice == device_choice
+                && current.arithmetic == arithmetic
+            {
                 return Ok(current.info.clone());
             }
         }
@@ -163,7 +171,9 @@ impl App {
         let load_path = path.clone();
         let model = blocking(move || {
             let device = device_choice.open().map_err(CoreError::model_load)?;
-            LlamaModel::load(&load_path, &device).map_err(CoreError::model_load)
+            let mut model = LlamaModel::load(&load_path, &device).map_err(CoreError::model_load)?;
+            model.set_attention_arithmetic(arithmetic);
+            Ok(model)
         })
         .await?;
         let hash_path = path.clone();
@@ -179,7 +189,7 @@ impl App {
             has_chat_template: model.chat_template().is_some(),
         };
         let engine = Engine::start(model).map_err(CoreError::model_load)?;
-        let loaded = Arc::new(LoadedModel { engine: Arc::new(engine), info: info.clone(), device_choice });
+        let loaded = Arc::new(LoadedModel { engine: Arc::new(engine), info: info.clone(), device_choice, arithmetic });
         {
             // Checked under the running lock so no reply can start against the old engine meanwhile.
             let running = lock(&self.inner.running);

@@ -36,7 +36,7 @@ async fn the_simulated_cache_matches_the_engine_and_maps_every_message() {
     let error = app.cache_map(id, None).await.expect_err("no model");
     assert_eq!(error.code, ErrorCode::Model, "{error:?}");
 
-    app.load_model(LoadModelRequest { path: Some(default_model()), device: Some("cpu".into()) })
+    app.load_model(LoadModelRequest { path: Some(default_model()), device: Some("cpu".into()), ..Default::default() })
         .await
         .expect("load the default model");
     send(&app, id, "Tell me a long story about a lighthouse keeper named Oleander and her cat.").await;

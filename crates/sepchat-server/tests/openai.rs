@@ -13,7 +13,7 @@ use sepchat_server::{ApiToken, ServerConfig};
 use serde_json::{json, Value};
 
 mod support;
-use support::{SseReader, TestServer};
+use support::{default_model, SseReader, TestServer};
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 const MODEL_ID: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -257,6 +257,9 @@ async fn models_and_greedy_completions_streamed_or_not() {
 
 /// An independent reference: llama.cpp's greedy continuation of the same chat (tests/golden), which the engine
 /// matches for the raw prompt. Here the prompt is rendered from OpenAI-style messages by the model's template.
+/// The golden comes from llama.cpp's flash-attention kernel, so the model is loaded (over the RPC, which checks the
+/// field on the wire too) with `attention: "llama-cpp"`; the default fast attention can take the other token of a
+/// near-tie, as llama.cpp itself does without flash attention.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_greedy_completion_matches_llama_cpp() {
     let golden_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/llama-cpp-greedy.json");
@@ -270,6 +273,10 @@ async fn a_greedy_completion_matches_llama_cpp() {
     let steps = golden["steps"].as_u64().expect("steps");
 
     let server = TestServer::with_api(true).await;
+    let request = json!({"path": default_model(), "device": "cpu", "attention": "llama-cpp"});
+    let _: Value = server.call("load_model", request).await;
+    let unknown = server.rpc("load_model", json!({"path": default_model(), "attention": "fastest"})).await;
+    assert_eq!(unknown.status(), StatusCode::BAD_REQUEST, "an unknown arithmetic is refused");
     let body = chat(system, user, steps);
     let answer = server.completion(body.clone()).await;
     assert_eq!(answer["choices"][0]["message"]["content"], case["text"]);

@@ -17,7 +17,7 @@ pub fn default_model() -> String {
 pub async fn app_with_model() -> (tempfile::TempDir, App) {
     let dir = tempfile::tempdir().expect("temp dir");
     let app = App::open(dir.path()).await.expect("open the app");
-    let request = LoadModelRequest { path: Some(default_model()), device: Some("cpu".into()) };
+    let request = LoadModelRequest { path: Some(default_model()), device: Some("cpu".into()), ..Default::default() };
     app.load_model(request).await.expect("load the default model");
     (dir, app)
 }

@@ -22,7 +22,8 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let app = App::open(dir.path()).await.expect("open the app");
         if with_model {
-            let request = LoadModelRequest { path: Some(default_model()), device: Some("cpu".into()) };
+            let request =
+                LoadModelRequest { path: Some(default_model()), device: Some("cpu".into()), ..Default::default() };
             app.load_model(request).await.expect("load the default model");
         }
         let server = Server::bind(app, ServerConfig { port: Some(0), ..config }).await.expect("bind");

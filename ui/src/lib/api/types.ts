@@ -283,6 +283,8 @@ export interface LoadModelRequest {
   path?: string | null;
   /** `auto`, `cpu`, `cuda` or `metal`. */
   device?: string | null;
+  /** `fast` (default) or `llama-cpp`: how the CPU attention rounds (see api.rs). */
+  attention?: string | null;
 }
 
 export interface ModelInfo {
