@@ -11,6 +11,10 @@ them exactly. This file pins one real llama.cpp build, so the engine is held to 
 Manual step, not part of `make test` (compiling llama.cpp takes ~15 minutes on 2 cores):
     pip install llama-cpp-python==0.3.36
     python3 scripts/llama-cpp-goldens.py [MODEL.gguf] [SHARED_DIR]
+
+FLASH_ATTN=off writes tests/golden/llama-cpp-greedy-fa-off.json instead: the same build without
+flash attention, whose greedy continuations part from the flash-attention ones at near-ties (no
+test compares with it; docs/BENCHMARKS.md reads it beside our fast attention arithmetic).
 """
 import json
 import os
@@ -28,7 +32,8 @@ model = sys.argv[1] if len(sys.argv) > 1 else os.path.expanduser("~/.cache/sepch
 shared = sys.argv[2] if len(sys.argv) > 2 else os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 cases = json.load(open(os.path.join(shared, "reference", "greedy.json")))["cases"]
 
-llm = Llama(model_path=model, n_ctx=512, n_threads=2, logits_all=True, flash_attn=True, verbose=False)
+flash_attn = os.environ.get("FLASH_ATTN", "on") != "off"
+llm = Llama(model_path=model, n_ctx=512, n_threads=2, logits_all=True, flash_attn=flash_attn, verbose=False)
 out_cases = []
 for case in cases:
     prompt_ids = llm.tokenize(case["prompt"].encode(), add_bos=False, special=True)
@@ -52,13 +57,14 @@ for case in cases:
 
 flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
 golden = {
-    "tool": f"llama-cpp-python {llama_cpp.__version__} (llama.cpp compiled on the machine, GGML_NATIVE), flash_attn=True, greedy, no BOS",
+    "tool": f"llama-cpp-python {llama_cpp.__version__} (llama.cpp compiled on the machine, GGML_NATIVE), flash_attn={flash_attn}, greedy, no BOS",
     "model": os.path.basename(model),
     "machine": f"{platform.machine()}, avx512f={'avx512f' in flags}, avx512_fp16={'avx512_fp16' in flags}",
     "steps": STEPS,
     "cases": out_cases,
 }
-path = os.path.join(os.path.dirname(__file__), "..", "tests", "golden", "llama-cpp-greedy.json")
+name = "llama-cpp-greedy.json" if flash_attn else "llama-cpp-greedy-fa-off.json"
+path = os.path.join(os.path.dirname(__file__), "..", "tests", "golden", name)
 with open(path, "w") as f:
     json.dump(golden, f, indent=1)
 print("wrote", os.path.normpath(path))
