@@ -20,7 +20,7 @@ export class Library {
 
   /** Keeps the list in step with changes the backend announces (the desktop shell's notices). */
   follow(): void {
-    this.transport.onNotice((notice) => {
+    void this.transport.onNotice((notice) => {
       if (notice.kind === 'conversations_changed') void this.refresh();
     });
   }

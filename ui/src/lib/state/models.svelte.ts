@@ -13,6 +13,8 @@ export class Models {
   loading = $state(false);
   error = $state<string | null>(null);
   recent = $state<string[]>([]);
+  /** Model notices seen so far: a `health` answer sent before the latest one is older news. */
+  private modelNotices = 0;
 
   constructor(
     private readonly transport: Transport,
@@ -22,8 +24,10 @@ export class Models {
   async start(): Promise<void> {
     this.recent = loadRecentModels(localStorage);
     // The desktop shell loads the default model in the background after the window opens, so the first answer
-    // below may say "no model" a moment before this notice says otherwise.
-    this.transport.onNotice((notice) => {
+    // below may say "no model" a moment before this notice says otherwise. Asking only once subscribed: a load that
+    // finished in between would otherwise be neither in the answer nor in a notice.
+    await this.transport.onNotice((notice) => {
+      if (notice.kind === 'model_loaded' || notice.kind === 'model_error') this.modelNotices += 1;
       if (notice.kind === 'model_loaded') {
         this.info = notice.model;
         this.error = null;
@@ -34,10 +38,14 @@ export class Models {
       }
     });
     try {
+      const noticesBefore = this.modelNotices;
       const health = await this.transport.health();
-      this.info = health.model;
       this.serverVersion = health.version;
-      if (health.model) this.remember(health.model.path);
+      // A notice that arrived while the answer was on its way (the load finishing) is newer than the answer.
+      if (this.modelNotices === noticesBefore) {
+        this.info = health.model;
+        if (health.model) this.remember(health.model.path);
+      }
     } catch (error) {
       this.toasts.error(toApiError(error).message);
     } finally {

@@ -1,11 +1,12 @@
 // The stores against a fake transport: what the UI does with the server's answers. A `.svelte.test.ts` file so
 // the stores' runes are compiled.
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import type { ChatEvent, ConversationView, SearchHit, SendResult } from '../api/types';
-import type { ChatEventHandler, SearchArgs, Transport } from '../transport/types';
+import type { ChatEvent, ConversationView, Health, ModelInfo, SearchHit, SendResult } from '../api/types';
+import type { ChatEventHandler, Notice, SearchArgs, Transport } from '../transport/types';
 import { Chat } from './chat.svelte';
 import { conversationRow, messageRow, viewOf } from './fixtures';
 import { Library } from './library.svelte';
+import { Models } from './models.svelte';
 import { Search } from './search.svelte';
 import { Toasts } from './toasts.svelte';
 
@@ -246,6 +247,57 @@ describe('Library', () => {
     await flush();
     expect(transport.restore_conversation).toHaveBeenCalledWith({ conversation_id: 2 });
     expect(library.conversations.map((conversation) => conversation.id)).toEqual([2, 1]);
+  });
+});
+
+describe('Models', () => {
+  const model: ModelInfo = {
+    path: '/models/default.gguf',
+    file_name: 'default.gguf',
+    sha256: 'ab',
+    device: 'cpu',
+    context_length: 8192,
+    weights_bytes: 1,
+    has_chat_template: true,
+  };
+
+  // The desktop shell loads the default model while the window starts: the load may finish before the window has
+  // subscribed to its notice, or while the window's `health` question is on its way.
+  it('asks health only once subscribed to notices', async () => {
+    let subscribed = false;
+    const transport = fakeTransport({
+      onNotice: vi.fn(async () => {
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        subscribed = true;
+      }),
+      health: vi.fn(async (): Promise<Health> => {
+        expect(subscribed).toBe(true);
+        return { status: 'ok', version: '0.1.0', model };
+      }),
+    });
+    const models = new Models(transport, new Toasts());
+    await models.start();
+    expect(models.info).toEqual(model);
+    expect(models.known).toBe(true);
+  });
+
+  it('keeps a model loaded while an older health answer was on its way', async () => {
+    let notify: (notice: Notice) => void = () => {};
+    let answer: (health: Health) => void = () => {};
+    const transport = fakeTransport({
+      onNotice: vi.fn(async (handler: (notice: Notice) => void) => {
+        notify = handler;
+      }),
+      health: vi.fn(() => new Promise<Health>((resolve) => (answer = resolve))),
+    });
+    const models = new Models(transport, new Toasts());
+    const started = models.start();
+    await flush();
+    notify({ kind: 'model_loaded', model });
+    answer({ status: 'ok', version: '0.1.0', model: null });
+    await started;
+    expect(models.info).toEqual(model);
+    expect(models.serverVersion).toBe('0.1.0');
   });
 });
 

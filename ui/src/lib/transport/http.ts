@@ -58,7 +58,7 @@ export function createHttpTransport(options: HttpTransportOptions = {}): Transpo
   return {
     health: async () => readJson(await request('api/health', { method: 'GET' })),
     // The server pushes nothing outside a generation's stream.
-    onNotice: () => undefined,
+    onNotice: async () => undefined,
     load_model: (request) => call('load_model', request),
     model_info: () => call('model_info'),
     create_conversation: (request) => call('create_conversation', request),

@@ -91,14 +91,18 @@ describe('the Tauri transport', () => {
     });
   });
 
-  it("turns the shell's events into notices", () => {
+  it("turns the shell's events into notices, subscribed to when onNotice resolves", async () => {
     const handlers = new Map<string, (payload: unknown) => void>();
     const transport = createTauriTransport({
       invoke: async () => undefined as never,
-      listen: (event, handler) => handlers.set(event, handler),
+      listen: async (event, handler) => {
+        // Subscribing takes a round trip to the shell.
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        handlers.set(event, handler);
+      },
     });
     const notices: unknown[] = [];
-    transport.onNotice((notice) => notices.push(notice));
+    await transport.onNotice((notice) => notices.push(notice));
     expect([...handlers.keys()].sort()).toEqual(['conversations-changed', 'model-error', 'model-loaded']);
     handlers.get('model-error')?.({ code: 'model', message: 'the default model is not downloaded' });
     handlers.get('conversations-changed')?.({ method: 'send_message' });

@@ -24,7 +24,8 @@ export interface TauriTransportOptions {
   listen?: Listen;
 }
 
-export type Listen = (event: string, handler: (payload: unknown) => void) => void;
+/** Resolves once the subscription is in place. */
+export type Listen = (event: string, handler: (payload: unknown) => void) => Promise<void>;
 
 /** The shell's event names and the notice each one is. */
 const NOTICES: Record<string, (payload: unknown) => Notice> = {
@@ -33,10 +34,10 @@ const NOTICES: Record<string, (payload: unknown) => Notice> = {
   'conversations-changed': () => ({ kind: 'conversations_changed' }),
 };
 
-const tauriListen: Listen = (event, handler) => {
+const tauriListen: Listen = async (event, handler) => {
   // The subscription lives as long as the window; a failure to subscribe only loses notices, which the UI's own
   // refreshes cover.
-  void listen(event, (message) => handler(message.payload)).catch(() => undefined);
+  await listen(event, (message) => handler(message.payload)).catch(() => undefined);
 };
 
 export function createTauriTransport(options: TauriTransportOptions = {}): Transport {
@@ -79,10 +80,10 @@ export function createTauriTransport(options: TauriTransportOptions = {}): Trans
 
   return {
     health: () => call('health'),
-    onNotice: (handler) => {
-      for (const [event, toNotice] of Object.entries(NOTICES)) {
-        listenImpl(event, (payload) => handler(toNotice(payload)));
-      }
+    onNotice: async (handler) => {
+      await Promise.all(
+        Object.entries(NOTICES).map(([event, toNotice]) => listenImpl(event, (payload) => handler(toNotice(payload)))),
+      );
     },
     load_model: (request) => call('load_model', request),
     model_info: () => call('model_info'),

@@ -100,11 +100,13 @@ export type Notice =
 export interface Transport {
   health(): Promise<Health>;
   /**
-   * Calls `handler` for each notice from now on. The desktop shell sends them (the model it loads at start in the
+   * Calls `handler` for each notice from now on, and resolves once the subscription is in place: a notice sent
+   * before that is lost, so whoever reads state the notices keep current (say, `health` for the model the shell
+   * loads at start) reads it after awaiting this. The desktop shell sends them (the model it loads at start in the
    * background, lists changed by another window); the HTTP server sends none, and the UI refreshes after its own
    * calls anyway.
    */
-  onNotice(handler: (notice: Notice) => void): void;
+  onNotice(handler: (notice: Notice) => void): Promise<void>;
 
   load_model(request: LoadModelRequest): Promise<ModelInfo>;
   model_info(): Promise<ModelInfo | null>;
