@@ -19,7 +19,7 @@ use sepchat_core::api::{
     NewConversationRequest, Sampling, SendMessageRequest, SendResult, StreamOptions,
 };
 use sepchat_core::App;
-use sepchat_engine::{Arithmetic, CacheConfig, DeviceChoice};
+use sepchat_engine::{CacheConfig, DeviceChoice};
 use serde::Serialize;
 
 use crate::options::{with_usage_exit, GenerationArgs, ModelArgs};
@@ -332,7 +332,7 @@ pub(crate) async fn load_model(app: &App, model_args: &ModelArgs) -> anyhow::Res
     let request = LoadModelRequest {
         path: Some(path.to_string_lossy().into_owned()),
         device: Some(device.into()),
-        attention: Some(Arithmetic::from(model_args.attention).name().into()),
+        attention: Some(model_args.attention.name().into()),
     };
     let loaded = app.load_model(request).await;
     spinner.finish_and_clear();

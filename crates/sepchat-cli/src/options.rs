@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sepchat_engine::{Arithmetic, CacheConfig, CacheSpecError, DeviceChoice, LlamaModel, SamplingParams};
 
@@ -22,24 +22,8 @@ pub struct ModelArgs {
     pub threads: Option<usize>,
     /// How the CPU attention of decode steps rounds: `fast` (f32, the default) or `llama-cpp`
     /// (llama.cpp's flash-attention kernel rounding for rounding: its greedy output exactly).
-    #[arg(long, global = true, value_enum, default_value_t = AttentionArg::Fast)]
-    pub attention: AttentionArg,
-}
-
-/// `--attention`: the engine's `Arithmetic` as a command-line value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum AttentionArg {
-    Fast,
-    LlamaCpp,
-}
-
-impl From<AttentionArg> for Arithmetic {
-    fn from(value: AttentionArg) -> Self {
-        match value {
-            AttentionArg::Fast => Arithmetic::Fast,
-            AttentionArg::LlamaCpp => Arithmetic::LlamaCpp,
-        }
-    }
+    #[arg(long, global = true, default_value = "fast")]
+    pub attention: Arithmetic,
 }
 
 impl ModelArgs {
@@ -81,7 +65,7 @@ impl ModelArgs {
         let model = LlamaModel::load(&path, &device);
         spinner.finish_and_clear();
         let mut model = model?;
-        model.set_attention_arithmetic(self.attention.into());
+        model.set_attention_arithmetic(self.attention);
         Ok(model)
     }
 }

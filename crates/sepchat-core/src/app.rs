@@ -48,7 +48,6 @@ pub(crate) struct LoadedModel {
     pub engine: Arc<Engine>,
     pub info: ModelInfo,
     pub device_choice: DeviceChoice,
-    pub arithmetic: Arithmetic,
 }
 
 impl LoadedModel {
@@ -162,7 +161,7 @@ impl App {
         if let Ok(current) = self.inner.loaded() {
             if Path::new(&current.info.path) == path
                 && current.device_choice == device_choice
-                && current.arithmetic == arithmetic
+                && current.model().attention_arithmetic() == arithmetic
             {
                 return Ok(current.info.clone());
             }
@@ -189,7 +188,7 @@ impl App {
             has_chat_template: model.chat_template().is_some(),
         };
         let engine = Engine::start(model).map_err(CoreError::model_load)?;
-        let loaded = Arc::new(LoadedModel { engine: Arc::new(engine), info: info.clone(), device_choice, arithmetic });
+        let loaded = Arc::new(LoadedModel { engine: Arc::new(engine), info: info.clone(), device_choice });
         {
             // Checked under the running lock so no reply can start against the old engine meanwhile.
             let running = lock(&self.inner.running);
