@@ -60,6 +60,15 @@ fn ids(value: &serde_json::Value) -> Vec<u32> {
     value.as_array().expect("an array of ids").iter().map(|id| id.as_u64().expect("an id") as u32).collect()
 }
 
+/// One step of the golden's `top_logits`: (token id, llama.cpp's logit), best first.
+fn top_entries(step: &serde_json::Value) -> Vec<(usize, f32)> {
+    let entries = step.as_array().expect("top entries");
+    entries
+        .iter()
+        .map(|entry| (entry[0].as_u64().expect("id") as usize, entry[1].as_f64().expect("logit") as f32))
+        .collect()
+}
+
 fn argmax(logits: &[f32]) -> u32 {
     // First maximum, as llama.cpp's greedy sampler and numpy's stable argsort pick it.
     let mut best = 0;
@@ -83,9 +92,7 @@ fn greedy_decoding_reproduces_llama_cpp_logits_bit_for_bit() {
         let mut logits = logits_to_vec(&model.prefill(&prompt_ids, &mut cache, 512).expect("prefill")).expect("logits");
         let mut generated = Vec::new();
         for (step, top) in case["top_logits"].as_array().expect("top_logits").iter().enumerate() {
-            for entry in top.as_array().expect("top entries") {
-                let id = entry[0].as_u64().expect("id") as usize;
-                let expected = entry[1].as_f64().expect("logit") as f32;
+            for (id, expected) in top_entries(top) {
                 assert!(
                     (logits[id] - expected).abs() <= 1e-5,
                     "case {case_idx} step {step}: logit of token {id} is {}, llama.cpp {expected}",
@@ -119,12 +126,7 @@ fn fast_attention_keeps_llama_cpp_greedy_tokens() {
         let mut logits = logits_to_vec(&model.prefill(&prompt_ids, &mut cache, 512).expect("prefill")).expect("logits");
         let top_logits = case["top_logits"].as_array().expect("top_logits");
         for (step, (top, &token)) in top_logits.iter().zip(&ids(&case["generated_ids"])).enumerate() {
-            let top: Vec<(usize, f32)> = top
-                .as_array()
-                .expect("top entries")
-                .iter()
-                .map(|entry| (entry[0].as_u64().expect("id") as usize, entry[1].as_f64().expect("logit") as f32))
-                .collect();
+            let top = top_entries(top);
             for &(id, expected) in &top {
                 let difference = (logits[id] - expected).abs();
                 largest = largest.max(difference);
