@@ -9,7 +9,7 @@ use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use sepchat_engine::perplexity::perplexity;
 use sepchat_engine::stream_eval::{checkpoint_schedule, stream_perplexity, stream_tokens, StreamRun};
-use sepchat_engine::CacheConfig;
+use sepchat_engine::{CacheConfig, KvFormat};
 
 use crate::options::{with_usage_exit, ModelArgs};
 use crate::stream_plot;
@@ -30,6 +30,10 @@ pub enum EvalCommand {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        /// How the cache stores keys and values: f16 (llama.cpp's default) or q8 (8 bits and a
+        /// scale per row).
+        #[arg(long, default_value = "f16", value_parser = parse_kv_format)]
+        kv: KvFormat,
     },
     /// Streaming perplexity (the SepLLM paper's protocol, ../shared/reference/stream-ppl.md): the file's
     /// first N+1 tokens (no BOS) are fed one at a time into one cache per policy, and each next token is
@@ -46,7 +50,7 @@ pub enum EvalCommand {
         #[arg(long, value_name = "N", default_value_t = 3000,
               value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
         tokens: usize,
-        /// A cache policy, repeatable: dense, streaming:a=4,c=512, sep:a=4,s=64,w=256,c=512[,seps=paper][,pos=abs],
+        /// A cache policy, repeatable: dense, streaming:a=4,c=512, sep:a=4,s=64,w=256,c=512[,seps=paper][,pos=abs][,kv=q8],
         /// or a profile (low, default, high).
         #[arg(long = "cache", value_name = "SPEC", default_value = "dense")]
         caches: Vec<String>,
@@ -69,7 +73,7 @@ pub fn run(model_args: &ModelArgs, command: EvalCommand) -> anyhow::Result<ExitC
         EvalCommand::Stream { file, tokens, caches, every, json, plot } => {
             with_usage_exit(stream(model_args, &StreamArgs { file, tokens, caches, every, json, plot }))
         }
-        EvalCommand::Ppl { file, ctx, max_chars, json } => {
+        EvalCommand::Ppl { file, ctx, max_chars, json, kv } => {
             let text = read_text_file(&file)?;
             let text: String = match max_chars {
                 Some(limit) => text.chars().take(limit).collect(),
@@ -82,7 +86,7 @@ pub fn run(model_args: &ModelArgs, command: EvalCommand) -> anyhow::Result<ExitC
                 ProgressStyle::with_template("{bar:30} chunk {pos}/{len} {msg} {elapsed}")
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
-            let report = perplexity(&model, &tokens, ctx, |done, _, ppl| {
+            let report = perplexity(&model, &tokens, ctx, kv, |done, _, ppl| {
                 progress.set_position(done as u64);
                 progress.set_message(format!("ppl {ppl:.4}"));
             });
@@ -266,4 +270,8 @@ fn read_text_file(path: &std::path::Path) -> anyhow::Result<String> {
         }
     };
     Ok(text.replace("\r\n", "\n"))
+}
+
+fn parse_kv_format(text: &str) -> Result<KvFormat, String> {
+    KvFormat::parse(text).ok_or_else(|| format!("unknown KV format '{text}': expected f16 or q8"))
 }

@@ -97,7 +97,8 @@ pub struct GenerationArgs {
     #[arg(long, default_value = DEFAULT_SYSTEM_PROMPT)]
     pub system: String,
     /// KV cache: a SepCache profile (low, default, high), `dense`, `streaming:a=4,c=1666` or
-    /// `sep:a=4,s=64,w=256,c=512` (options: pos=shift|abs, at=append|step, seps=vocab|paper).
+    /// `sep:a=4,s=64,w=256,c=512` (options: pos=shift|abs, at=append|step, seps=vocab|paper,
+    /// kv=f16|q8).
     #[arg(long, value_name = "SPEC", default_value = "default")]
     pub cache: String,
     /// Write the KV statistics as JSON lines to PATH (`-` for stderr): one `"event": "kv"` object

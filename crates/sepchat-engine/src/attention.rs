@@ -18,53 +18,148 @@
 //!
 //! Both never materialise the score matrix or repeated K/V heads, and read the cache in place
 //! (no copy per step), which is what a long conversation needs.
+//!
+//! An 8-bit cache (`kv=q8`, see `kv_format`) is read by the fast kernels with the same
+//! arithmetic: each row is widened from its bytes, its scale applied to its score and its
+//! weight. llama.cpp's rounding is defined for f16 rows only, so such a cache always runs `Fast`.
 
 use candle_core::{DType, Device, Storage, Tensor};
 use half::f16;
 use rayon::prelude::*;
 
 use crate::error::{EngineError, Result};
+use crate::kv_format::KvRows;
 
 /// Causal attention for `queries` (`[n_head, n_new, head_dim]`, f32, rotated) against the cache
-/// views `keys` and `values` (`[n_kv_head, n_held + n_new, head_dim]`, f16). Query `i` of the
-/// chunk sees every held slot and chunk tokens `0..=i`. Returns `[n_new, n_head * head_dim]`.
+/// views `keys` and `values` (`[n_kv_head, n_held + n_new, head_dim]`, as stored). Query `i` of
+/// the chunk sees every held slot and chunk tokens `0..=i`. Returns `[n_new, n_head * head_dim]`.
 pub(crate) fn cpu_flash_attention(
     queries: &Tensor,
-    keys: &Tensor,
-    values: &Tensor,
+    keys: &KvRows,
+    values: &KvRows,
     scale: f32,
     arithmetic: Arithmetic,
 ) -> Result<Tensor> {
     let (n_head, n_new, head_dim) = queries.dims3()?;
-    let (n_kv_head, n_keys, _) = keys.dims3()?;
     let queries = queries.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-    let key_rows = CacheRows::new(keys)?;
-    let value_rows = CacheRows::new(values)?;
-    let key_guard = keys.storage_and_layout().0;
-    let value_guard = values.storage_and_layout().0;
-    let attention = Attention {
-        queries: &queries,
-        n_new,
-        n_head,
-        heads_per_kv: n_head / n_kv_head,
-        head_dim,
-        n_held: n_keys - n_new,
-        key_rows,
-        key_data: f16_slice(&key_guard)?,
-        value_rows,
-        value_data: f16_slice(&value_guard)?,
-        scale,
-        kernel: Kernel::detect(head_dim),
-        arithmetic,
-        max_group: MAX_GROUP,
+    let call = Call { queries: &queries, n_new, n_head, head_dim, scale };
+    let output = match (keys, values) {
+        (KvRows::F16(keys), KvRows::F16(values)) => {
+            let (key_guard, value_guard) = (keys.storage_and_layout().0, values.storage_and_layout().0);
+            let group: GroupKernel<f16, f16> = match arithmetic {
+                Arithmetic::LlamaCpp => attend_group,
+                Arithmetic::Fast => attend_group_fast::<f16, f16>,
+            };
+            call.run(
+                CacheData::new(keys, DType::F16, element_slice(&key_guard)?, None)?,
+                CacheData::new(values, DType::F16, element_slice(&value_guard)?, None)?,
+                group,
+            )?
+        }
+        (KvRows::Q8 { data: keys, scales: key_scales }, KvRows::Q8 { data: values, scales: value_scales }) => {
+            let (key_guard, value_guard) = (keys.storage_and_layout().0, values.storage_and_layout().0);
+            let (key_scale_guard, value_scale_guard) =
+                (key_scales.storage_and_layout().0, value_scales.storage_and_layout().0);
+            call.run(
+                CacheData::new(keys, DType::U8, element_slice(&key_guard)?, Some((key_scales, &key_scale_guard)))?,
+                CacheData::new(
+                    values,
+                    DType::U8,
+                    element_slice(&value_guard)?,
+                    Some((value_scales, &value_scale_guard)),
+                )?,
+                attend_group_fast::<u8, u8>,
+            )?
+        }
+        _ => return Err(EngineError::Candle(candle_core::Error::Msg("keys and values in two formats".to_string()))),
     };
-    #[cfg(test)]
-    let attention = match *tests::FORCED.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
-        Some((kernel, max_group)) => Attention { kernel, max_group, ..attention },
-        None => attention,
-    };
-    let output = attention.run(rayon::current_num_threads());
     Ok(Tensor::from_vec(output, (n_new, n_head * head_dim), &Device::Cpu)?)
+}
+
+/// What one `cpu_flash_attention` call computes, whatever the cache's format.
+struct Call<'a> {
+    queries: &'a [f32],
+    n_new: usize,
+    n_head: usize,
+    head_dim: usize,
+    scale: f32,
+}
+
+impl Call<'_> {
+    fn run<K: CacheElement, V: CacheElement>(
+        &self,
+        keys: CacheData<'_, K>,
+        values: CacheData<'_, V>,
+        group: GroupKernel<K, V>,
+    ) -> Result<Vec<f32>> {
+        let (n_kv_head, n_keys) = (keys.n_kv_head, keys.slots);
+        let attention = Attention {
+            queries: self.queries,
+            n_new: self.n_new,
+            n_head: self.n_head,
+            heads_per_kv: self.n_head / n_kv_head,
+            head_dim: self.head_dim,
+            n_held: n_keys - self.n_new,
+            keys,
+            values,
+            scale: self.scale,
+            kernel: Kernel::detect(self.head_dim),
+            group,
+            max_group: MAX_GROUP,
+        };
+        #[cfg(test)]
+        let attention = match *tests::FORCED.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
+            Some((kernel, max_group)) => Attention { kernel, max_group, ..attention },
+            None => attention,
+        };
+        Ok(attention.run(rayon::current_num_threads()))
+    }
+}
+
+/// A value type the cache stores: f16, or `u8` holding the two's-complement byte of an 8-bit
+/// row (candle has no i8 tensors; the SIMD kernels sign-extend the bytes as they load them).
+pub(crate) trait CacheElement: Copy + Send + Sync + 'static {
+    /// Whether rows come with a scale (`value = scale x element`).
+    const QUANTIZED: bool;
+    fn widen(self) -> f32;
+}
+
+impl CacheElement for f16 {
+    const QUANTIZED: bool = false;
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+}
+
+impl CacheElement for u8 {
+    const QUANTIZED: bool = true;
+    fn widen(self) -> f32 {
+        f32::from(self as i8)
+    }
+}
+
+/// The kernel that attends one query row of a group of heads (`attend_group`,
+/// `attend_group_fast`).
+type GroupKernel<K, V> = fn(Kernel, &[&[f32]], &Rows<'_, K, V>, f32, &mut [f32]);
+
+/// One cache view's elements, where its rows start, and its row scales when quantized.
+struct CacheData<'a, T> {
+    rows: CacheRows,
+    data: &'a [T],
+    scales: ScaleRows<'a>,
+    n_kv_head: usize,
+    slots: usize,
+}
+
+impl<'a, T> CacheData<'a, T> {
+    fn new(view: &Tensor, dtype: DType, data: &'a [T], scales: Option<(&Tensor, &'a Storage)>) -> Result<Self> {
+        let (n_kv_head, slots, _) = view.dims3()?;
+        let scales = match scales {
+            Some((tensor, storage)) => ScaleRows::new(tensor, element_slice(storage)?)?,
+            None => ScaleRows::NONE,
+        };
+        Ok(Self { rows: CacheRows::new(view, dtype)?, data, scales, n_kv_head, slots })
+    }
 }
 
 /// How the attention kernel rounds: see the module's documentation.
@@ -75,7 +170,8 @@ pub enum Arithmetic {
     Fast,
     /// llama.cpp's CPU flash-attention kernel rounding for rounding (f16 query, f16 value
     /// accumulator, online softmax slot by slot, the C library's `expf`): reproduces llama.cpp's
-    /// logits bit for bit, for checks against its goldens.
+    /// logits bit for bit, for checks against its goldens. Defined for f16 caches: an 8-bit
+    /// cache (`kv=q8`) runs `Fast` whatever this says.
     LlamaCpp,
 }
 
@@ -106,25 +202,24 @@ impl std::str::FromStr for Arithmetic {
 const MAX_GROUP: usize = 4;
 
 /// One attention call: the queries, the cache rows they read, and the kernel to run.
-struct Attention<'a> {
+struct Attention<'a, K, V> {
     queries: &'a [f32],
     n_new: usize,
     n_head: usize,
     heads_per_kv: usize,
     head_dim: usize,
     n_held: usize,
-    key_rows: CacheRows,
-    key_data: &'a [f16],
-    value_rows: CacheRows,
-    value_data: &'a [f16],
+    keys: CacheData<'a, K>,
+    values: CacheData<'a, V>,
     scale: f32,
     kernel: Kernel,
-    arithmetic: Arithmetic,
+    /// The arithmetic's kernel for one group of heads.
+    group: GroupKernel<K, V>,
     /// At most this many heads to a kernel call: `MAX_GROUP`, or 1 to time heads one at a time.
     max_group: usize,
 }
 
-impl Attention<'_> {
+impl<K: CacheElement, V: CacheElement> Attention<'_, K, V> {
     /// The output, `[n_new, n_head, head_dim]`, computed by rayon tasks that each own a run of
     /// (query row, head) units in that order (see `task_bounds`).
     fn run(&self, threads: usize) -> Vec<f32> {
@@ -158,20 +253,17 @@ impl Attention<'_> {
                 *query = &self.queries[((head + offset) * self.n_new + row) * head_dim..][..head_dim];
             }
             let rows = Rows {
-                key_rows: &self.key_rows,
-                key_data: self.key_data,
-                value_rows: &self.value_rows,
-                value_data: self.value_data,
+                key_rows: &self.keys.rows,
+                key_data: self.keys.data,
+                key_scales: self.keys.scales,
+                value_rows: &self.values.rows,
+                value_data: self.values.data,
+                value_scales: self.values.scales,
                 kv_head,
                 visible: self.n_held + row + 1,
             };
             let out = &mut out[(unit - first) * head_dim..(group_end - first) * head_dim];
-            match self.arithmetic {
-                Arithmetic::LlamaCpp => attend_group(self.kernel, &queries[..group_end - unit], &rows, self.scale, out),
-                Arithmetic::Fast => {
-                    attend_group_fast(self.kernel, &queries[..group_end - unit], &rows, self.scale, out)
-                }
-            }
+            (self.group)(self.kernel, &queries[..group_end - unit], &rows, self.scale, out);
             unit = group_end;
         }
     }
@@ -208,12 +300,12 @@ struct CacheRows {
 }
 
 impl CacheRows {
-    fn new(view: &Tensor) -> Result<Self> {
+    fn new(view: &Tensor, dtype: DType) -> Result<Self> {
         let layout = view.layout();
         let stride = layout.stride();
-        if view.dtype() != DType::F16 || stride.len() != 3 || stride[2] != 1 {
+        if view.dtype() != dtype || stride.len() != 3 || stride[2] != 1 {
             return Err(EngineError::Candle(candle_core::Error::Msg(format!(
-                "attention expects an f16 cache view with contiguous rows, got {:?} strides {stride:?}",
+                "attention expects a {dtype:?} cache view with contiguous rows, got {:?} strides {stride:?}",
                 view.dtype()
             ))));
         }
@@ -225,9 +317,38 @@ impl CacheRows {
     }
 }
 
-fn f16_slice(storage: &Storage) -> Result<&[f16]> {
+/// The f32 scale of every row of a quantized cache view (`[n_kv_head, slots]`); `NONE` for f16.
+#[derive(Clone, Copy)]
+struct ScaleRows<'a> {
+    data: &'a [f32],
+    offset: usize,
+    head_stride: usize,
+    slot_stride: usize,
+}
+
+impl<'a> ScaleRows<'a> {
+    const NONE: ScaleRows<'static> = ScaleRows { data: &[], offset: 0, head_stride: 0, slot_stride: 0 };
+
+    fn new(view: &Tensor, data: &'a [f32]) -> Result<Self> {
+        let layout = view.layout();
+        let stride = layout.stride();
+        if view.dtype() != DType::F32 || stride.len() != 2 {
+            return Err(EngineError::Candle(candle_core::Error::Msg(format!(
+                "attention expects f32 row scales, got {:?} strides {stride:?}",
+                view.dtype()
+            ))));
+        }
+        Ok(Self { data, offset: layout.start_offset(), head_stride: stride[0], slot_stride: stride[1] })
+    }
+
+    fn get(&self, kv_head: usize, slot: usize) -> f32 {
+        self.data[self.offset + kv_head * self.head_stride + slot * self.slot_stride]
+    }
+}
+
+fn element_slice<T: candle_core::WithDType>(storage: &Storage) -> Result<&[T]> {
     match storage {
-        Storage::Cpu(cpu) => Ok(cpu.as_slice::<f16>()?),
+        Storage::Cpu(cpu) => Ok(cpu.as_slice::<T>()?),
         _ => Err(EngineError::Candle(candle_core::Error::Msg("cpu attention called on a device tensor".to_string()))),
     }
 }
@@ -291,13 +412,19 @@ fn attend_group(kernel: Kernel, queries: &[&[f32]], rows: &Rows<'_>, scale: f32,
 /// `attend_group` in `Arithmetic::Fast`, with the fast kernel for AVX-512 or AVX2 (the portable
 /// one per head for a group size the SIMD kernels are not built for). Each head's bits do not
 /// depend on the group it runs in, but differ from kernel to kernel.
-fn attend_group_fast(kernel: Kernel, queries: &[&[f32]], rows: &Rows<'_>, scale: f32, out: &mut [f32]) {
+fn attend_group_fast<K: CacheElement, V: CacheElement>(
+    kernel: Kernel,
+    queries: &[&[f32]],
+    rows: &Rows<'_, K, V>,
+    scale: f32,
+    out: &mut [f32],
+) {
     let head_dim = out.len() / queries.len().max(1);
     match kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => {
             // SAFETY: as in `attend_group`: `Kernel::detect` confirmed AVX-512F and the head size.
-            if unsafe { x86::attend_group_fast_avx512(queries, rows, scale, out) } {
+            if unsafe { x86::attend_group_fast_avx512::<K, V>(queries, rows, scale, out) } {
                 return;
             }
         }
@@ -305,7 +432,7 @@ fn attend_group_fast(kernel: Kernel, queries: &[&[f32]], rows: &Rows<'_>, scale:
         Kernel::Avx2 => {
             // SAFETY: as in `attend_group`: `Kernel::detect` confirmed AVX2, FMA, F16C and the
             // head size.
-            if unsafe { x86::attend_group_fast_avx2(queries, rows, scale, out) } {
+            if unsafe { x86::attend_group_fast_avx2::<K, V>(queries, rows, scale, out) } {
                 return;
             }
         }
@@ -316,23 +443,44 @@ fn attend_group_fast(kernel: Kernel, queries: &[&[f32]], rows: &Rows<'_>, scale:
     }
 }
 
-/// The cache rows one query row attends to.
-struct Rows<'a> {
+/// The cache rows one query row attends to: f16 rows (`K` = `V` = f16, the defaults), or
+/// quantized ones with their scales.
+struct Rows<'a, K = f16, V = f16> {
     key_rows: &'a CacheRows,
-    key_data: &'a [f16],
+    key_data: &'a [K],
+    key_scales: ScaleRows<'a>,
     value_rows: &'a CacheRows,
-    value_data: &'a [f16],
+    value_data: &'a [V],
+    value_scales: ScaleRows<'a>,
     kv_head: usize,
     visible: usize,
 }
 
-impl Rows<'_> {
-    fn key(&self, slot: usize, head_dim: usize) -> &[f16] {
+impl<K: CacheElement, V: CacheElement> Rows<'_, K, V> {
+    fn key(&self, slot: usize, head_dim: usize) -> &[K] {
         &self.key_data[self.key_rows.start(self.kv_head, slot)..][..head_dim]
     }
 
-    fn value(&self, slot: usize, head_dim: usize) -> &[f16] {
+    fn value(&self, slot: usize, head_dim: usize) -> &[V] {
         &self.value_data[self.value_rows.start(self.kv_head, slot)..][..head_dim]
+    }
+
+    /// The factor `slot`'s key elements are multiplied by (1 for f16 rows).
+    fn key_scale(&self, slot: usize) -> f32 {
+        if K::QUANTIZED {
+            self.key_scales.get(self.kv_head, slot)
+        } else {
+            1.0
+        }
+    }
+
+    /// The factor `slot`'s value elements are multiplied by (1 for f16 rows).
+    fn value_scale(&self, slot: usize) -> f32 {
+        if V::QUANTIZED {
+            self.value_scales.get(self.kv_head, slot)
+        } else {
+            1.0
+        }
     }
 
     /// Where `slot`'s key row starts in `key_data` (bounds unchecked).
@@ -381,7 +529,12 @@ fn attend_one_portable(query: &[f32], rows: &Rows<'_>, scale: f32, out: &mut [f3
 }
 
 /// The fast arithmetic one slot at a time, in f32: the online softmax with the scaled query.
-fn attend_one_fast_portable(query: &[f32], rows: &Rows<'_>, scale: f32, out: &mut [f32]) {
+fn attend_one_fast_portable<K: CacheElement, V: CacheElement>(
+    query: &[f32],
+    rows: &Rows<'_, K, V>,
+    scale: f32,
+    out: &mut [f32],
+) {
     let head_dim = query.len();
     let query: Vec<f32> = query.iter().map(|&q| q * scale).collect();
     let mut accumulated = vec![0f32; head_dim];
@@ -389,7 +542,8 @@ fn attend_one_fast_portable(query: &[f32], rows: &Rows<'_>, scale: f32, out: &mu
     let mut running_sum = 0f32;
     for slot in 0..rows.visible {
         let key = rows.key(slot, head_dim);
-        let score: f32 = query.iter().zip(key).map(|(&q, &k)| q * k.to_f32()).sum();
+        let dot: f32 = query.iter().zip(key).map(|(&q, &k)| q * k.widen()).sum();
+        let score = dot * rows.key_scale(slot);
         if score > running_max {
             let factor = (running_max - score).exp();
             running_max = score;
@@ -400,8 +554,9 @@ fn attend_one_fast_portable(query: &[f32], rows: &Rows<'_>, scale: f32, out: &mu
         }
         let weight = (score - running_max).exp();
         running_sum += weight;
+        let scaled_weight = weight * rows.value_scale(slot);
         for (acc, &v) in accumulated.iter_mut().zip(rows.value(slot, head_dim)) {
-            *acc = v.to_f32().mul_add(weight, *acc);
+            *acc = v.widen().mul_add(scaled_weight, *acc);
         }
     }
     let inverse_sum = if running_sum == 0.0 { 0.0 } else { 1.0 / running_sum };
@@ -422,7 +577,7 @@ mod x86 {
 
     use half::f16;
 
-    use super::{Rows, MAX_GROUP};
+    use super::{CacheElement, Rows, MAX_GROUP};
 
     /// Head sizes the kernels handle: whole 64-element blocks of ggml's f16 dot product, and
     /// at most `MAX_HEAD_DIM` accumulator lanes per head kept in registers or on the stack.
@@ -449,25 +604,28 @@ mod x86 {
     /// accumulators in registers where they fit. `false` for a shape not listed (the caller then
     /// runs the portable kernel).
     macro_rules! by_shape {
-        ($kernel:ident, $queries:expr, $rows:expr, $scale:expr, $out:expr) => {{
+        ($kernel:ident, $queries:expr, $rows:expr, $scale:expr, $out:expr) => {
+            by_shape!($kernel[], $queries, $rows, $scale, $out)
+        };
+        ($kernel:ident [$($element:ty),*], $queries:expr, $rows:expr, $scale:expr, $out:expr) => {{
             let shape = ($queries.len(), $queries.first().map_or(0, |query| query.len()));
             match shape {
-                (1, 64) => $kernel::<1, 64>($queries, $rows, $scale, $out),
-                (2, 64) => $kernel::<2, 64>($queries, $rows, $scale, $out),
-                (3, 64) => $kernel::<3, 64>($queries, $rows, $scale, $out),
-                (4, 64) => $kernel::<4, 64>($queries, $rows, $scale, $out),
-                (1, 128) => $kernel::<1, 128>($queries, $rows, $scale, $out),
-                (2, 128) => $kernel::<2, 128>($queries, $rows, $scale, $out),
-                (3, 128) => $kernel::<3, 128>($queries, $rows, $scale, $out),
-                (4, 128) => $kernel::<4, 128>($queries, $rows, $scale, $out),
-                (1, 192) => $kernel::<1, 192>($queries, $rows, $scale, $out),
-                (2, 192) => $kernel::<2, 192>($queries, $rows, $scale, $out),
-                (3, 192) => $kernel::<3, 192>($queries, $rows, $scale, $out),
-                (4, 192) => $kernel::<4, 192>($queries, $rows, $scale, $out),
-                (1, 256) => $kernel::<1, 256>($queries, $rows, $scale, $out),
-                (2, 256) => $kernel::<2, 256>($queries, $rows, $scale, $out),
-                (3, 256) => $kernel::<3, 256>($queries, $rows, $scale, $out),
-                (4, 256) => $kernel::<4, 256>($queries, $rows, $scale, $out),
+                (1, 64) => $kernel::<1, 64 $(, $element)*>($queries, $rows, $scale, $out),
+                (2, 64) => $kernel::<2, 64 $(, $element)*>($queries, $rows, $scale, $out),
+                (3, 64) => $kernel::<3, 64 $(, $element)*>($queries, $rows, $scale, $out),
+                (4, 64) => $kernel::<4, 64 $(, $element)*>($queries, $rows, $scale, $out),
+                (1, 128) => $kernel::<1, 128 $(, $element)*>($queries, $rows, $scale, $out),
+                (2, 128) => $kernel::<2, 128 $(, $element)*>($queries, $rows, $scale, $out),
+                (3, 128) => $kernel::<3, 128 $(, $element)*>($queries, $rows, $scale, $out),
+                (4, 128) => $kernel::<4, 128 $(, $element)*>($queries, $rows, $scale, $out),
+                (1, 192) => $kernel::<1, 192 $(, $element)*>($queries, $rows, $scale, $out),
+                (2, 192) => $kernel::<2, 192 $(, $element)*>($queries, $rows, $scale, $out),
+                (3, 192) => $kernel::<3, 192 $(, $element)*>($queries, $rows, $scale, $out),
+                (4, 192) => $kernel::<4, 192 $(, $element)*>($queries, $rows, $scale, $out),
+                (1, 256) => $kernel::<1, 256 $(, $element)*>($queries, $rows, $scale, $out),
+                (2, 256) => $kernel::<2, 256 $(, $element)*>($queries, $rows, $scale, $out),
+                (3, 256) => $kernel::<3, 256 $(, $element)*>($queries, $rows, $scale, $out),
+                (4, 256) => $kernel::<4, 256 $(, $element)*>($queries, $rows, $scale, $out),
                 _ => return false,
             }
             true
@@ -681,12 +839,16 @@ mod x86 {
         _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
     }
 
-    /// Eight f16 values widened to f32.
+    /// Eight cache elements (f16, or the bytes of an 8-bit row, sign-extended) widened to f32.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn load_f16(values: &[f16]) -> __m256 {
+    unsafe fn widen_256<T: CacheElement>(values: &[T]) -> __m256 {
         debug_assert!(values.len() >= 8);
-        _mm256_cvtph_ps(_mm_loadu_si128(values.as_ptr().cast()))
+        if T::QUANTIZED {
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(values.as_ptr().cast())))
+        } else {
+            _mm256_cvtph_ps(_mm_loadu_si128(values.as_ptr().cast()))
+        }
     }
 
     /// The first steps of `ggml_vec_dot_f16` in ggml's AVX-512 order (see
@@ -757,9 +919,9 @@ mod x86 {
     /// request; `wrapping_add` keeps the address arithmetic defined there too.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn prefetch(data: &[f16], start: usize, len: usize) {
+    unsafe fn prefetch<T>(data: &[T], start: usize, len: usize) {
         let first = data.as_ptr().wrapping_add(start).cast::<i8>();
-        for line in (0..len * 2).step_by(64) {
+        for line in (0..len * size_of::<T>()).step_by(64) {
             _mm_prefetch::<_MM_HINT_T0>(first.wrapping_add(line));
         }
     }
@@ -819,7 +981,7 @@ mod x86 {
         while first < rows.visible {
             let count = (rows.visible - first).min(BLOCK);
             let mut scores = [[0f32; BLOCK]; G];
-            scores_avx2::<G, DIM, true>(&query, rows, first, count, scale, &mut partial, &mut scores);
+            scores_avx2::<G, DIM, true, _, _>(&query, rows, first, count, scale, &mut partial, &mut scores);
             BlockWeights::fill(&mut weights, &scores, count, &mut running_max);
             values_avx2::<G, DIM>(rows, first, count, &weights, &mut accumulated, &mut running_sum);
             first += count;
@@ -839,9 +1001,9 @@ mod x86 {
     /// used), then scaled.
     #[inline(never)]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn scores_avx2<const G: usize, const DIM: usize, const EXACT: bool>(
+    unsafe fn scores_avx2<const G: usize, const DIM: usize, const EXACT: bool, K: CacheElement, V: CacheElement>(
         query: &[[__m256; MAX_HEAD_DIM / 8]; G],
-        rows: &Rows<'_>,
+        rows: &Rows<'_, K, V>,
         first: usize,
         count: usize,
         scale: f32,
@@ -857,7 +1019,7 @@ mod x86 {
             let key = rows.key(first + offset, DIM);
             let mut widened = [_mm256_setzero_ps(); MAX_HEAD_DIM / LANES];
             for (vector, lanes) in widened[..vectors].iter_mut().zip(key.chunks_exact(LANES)) {
-                *vector = load_f16(lanes);
+                *vector = widen_256(lanes);
             }
             for (partial, query) in partial.iter_mut().zip(query) {
                 partial[offset / LANES][offset % LANES] = if EXACT {
@@ -868,9 +1030,25 @@ mod x86 {
             }
         }
         let scale = _mm256_set1_ps(scale);
+        // An 8-bit key's dot product is in units of its row's scale.
+        let mut key_scales = [1f32; BLOCK];
+        if K::QUANTIZED {
+            for (offset, key_scale) in key_scales[..count].iter_mut().enumerate() {
+                *key_scale = rows.key_scale(first + offset);
+            }
+        }
         for (scores, partial) in scores.iter_mut().zip(partial.iter()) {
-            for (scores, eights) in scores.chunks_exact_mut(LANES).zip(partial).take(count.div_ceil(LANES)) {
-                _mm256_storeu_ps(scores.as_mut_ptr(), _mm256_mul_ps(dots_avx2(eights), scale));
+            for ((scores, eights), key_scales) in scores
+                .chunks_exact_mut(LANES)
+                .zip(partial)
+                .zip(key_scales.chunks_exact(LANES))
+                .take(count.div_ceil(LANES))
+            {
+                let mut dots = _mm256_mul_ps(dots_avx2(eights), scale);
+                if K::QUANTIZED {
+                    dots = _mm256_mul_ps(dots, _mm256_loadu_ps(key_scales.as_ptr()));
+                }
+                _mm256_storeu_ps(scores.as_mut_ptr(), dots);
             }
         }
     }
@@ -902,7 +1080,7 @@ mod x86 {
             for offset in 0..count {
                 let value = &rows.value(first + offset, DIM)[start * LANES..(start + chunk) * LANES];
                 for (vector, lanes) in value.chunks_exact(LANES).enumerate() {
-                    let v = load_f16(lanes);
+                    let v = widen_256(lanes);
                     for (acc, weights) in acc.iter_mut().zip(weights) {
                         let acc = &mut acc[vector];
                         if weights.rose(offset) {
@@ -938,9 +1116,13 @@ mod x86 {
     /// Sixteen f16 values widened to f32.
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn load_f16_512(values: &[f16]) -> __m512 {
+    unsafe fn widen_512<T: CacheElement>(values: &[T]) -> __m512 {
         debug_assert!(values.len() >= 16);
-        _mm512_cvtph_ps(_mm256_loadu_si256(values.as_ptr().cast()))
+        if T::QUANTIZED {
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(values.as_ptr().cast())))
+        } else {
+            _mm512_cvtph_ps(_mm256_loadu_si256(values.as_ptr().cast()))
+        }
     }
 
     /// `eight_lanes_avx2` with each 16-lane accumulator in one register, stopping at the 16
@@ -1033,7 +1215,7 @@ mod x86 {
         while first < rows.visible {
             let count = (rows.visible - first).min(BLOCK);
             let mut scores = [[0f32; BLOCK]; G];
-            scores_avx512::<G, DIM, true>(&query, rows, first, count, scale, &mut partial, &mut scores);
+            scores_avx512::<G, DIM, true, _, _>(&query, rows, first, count, scale, &mut partial, &mut scores);
             fill_weights_avx512(&mut weights, &scores, count, &mut running_max);
             values_avx512::<G, DIM>(rows, first, count, &weights, &mut accumulated, &mut running_sum);
             first += count;
@@ -1052,9 +1234,9 @@ mod x86 {
     /// earlier block's, whose sums are not used), then scaled.
     #[inline(never)]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn scores_avx512<const G: usize, const DIM: usize, const EXACT: bool>(
+    unsafe fn scores_avx512<const G: usize, const DIM: usize, const EXACT: bool, K: CacheElement, V: CacheElement>(
         query: &[[__m512; MAX_HEAD_DIM / 16]; G],
-        rows: &Rows<'_>,
+        rows: &Rows<'_, K, V>,
         first: usize,
         count: usize,
         scale: f32,
@@ -1070,7 +1252,7 @@ mod x86 {
             let key = rows.key(first + offset, DIM);
             let mut widened = [_mm512_setzero_ps(); MAX_HEAD_DIM / LANES];
             for (vector, lanes) in widened[..vectors].iter_mut().zip(key.chunks_exact(LANES)) {
-                *vector = load_f16_512(lanes);
+                *vector = widen_512(lanes);
             }
             for (partial, query) in partial.iter_mut().zip(query) {
                 partial[offset / LANES][offset % LANES] = if EXACT {
@@ -1081,9 +1263,25 @@ mod x86 {
             }
         }
         let scale = _mm512_set1_ps(scale);
+        // An 8-bit key's dot product is in units of its row's scale.
+        let mut key_scales = [1f32; BLOCK];
+        if K::QUANTIZED {
+            for (offset, key_scale) in key_scales[..count].iter_mut().enumerate() {
+                *key_scale = rows.key_scale(first + offset);
+            }
+        }
         for (scores, partial) in scores.iter_mut().zip(partial.iter()) {
-            for (scores, eights) in scores.chunks_exact_mut(LANES).zip(partial).take(count.div_ceil(LANES)) {
-                _mm512_storeu_ps(scores.as_mut_ptr(), _mm512_mul_ps(dots_avx512(eights), scale));
+            for ((scores, eights), key_scales) in scores
+                .chunks_exact_mut(LANES)
+                .zip(partial)
+                .zip(key_scales.chunks_exact(LANES))
+                .take(count.div_ceil(LANES))
+            {
+                let mut dots = _mm512_mul_ps(dots_avx512(eights), scale);
+                if K::QUANTIZED {
+                    dots = _mm512_mul_ps(dots, _mm512_loadu_ps(key_scales.as_ptr()));
+                }
+                _mm512_storeu_ps(scores.as_mut_ptr(), dots);
             }
         }
     }
@@ -1115,7 +1313,7 @@ mod x86 {
             for offset in 0..count {
                 let value = &rows.value(first + offset, DIM)[start * LANES..(start + chunk) * LANES];
                 for (vector, lanes) in value.chunks_exact(LANES).enumerate() {
-                    let v = load_f16_512(lanes);
+                    let v = widen_512(lanes);
                     for (acc, weights) in acc.iter_mut().zip(weights) {
                         let acc = &mut acc[vector];
                         if weights.rose(offset) {
@@ -1144,13 +1342,13 @@ mod x86 {
     /// The fast kernel (`Arithmetic::Fast`) for `queries.len()` heads of `rows`'s KV head with
     /// AVX-512; `false` (nothing written) for a shape it is not built for.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub(super) unsafe fn attend_group_fast_avx512(
+    pub(super) unsafe fn attend_group_fast_avx512<K: CacheElement, V: CacheElement>(
         queries: &[&[f32]],
-        rows: &Rows<'_>,
+        rows: &Rows<'_, K, V>,
         scale: f32,
         out: &mut [f32],
     ) -> bool {
-        by_shape!(fast_avx512, queries, rows, scale, out)
+        by_shape!(fast_avx512[K, V], queries, rows, scale, out)
     }
 
     /// `G` heads of dimension `DIM` in f32 throughout: the scores as `scores_avx512` takes them
@@ -1160,9 +1358,9 @@ mod x86 {
     /// kernel this drops the two conversions per multiply-add that ggml's f16 accumulator costs
     /// (most of the value pass), the per-slot rescale, and the C library's `expf`.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn fast_avx512<const G: usize, const DIM: usize>(
+    unsafe fn fast_avx512<const G: usize, const DIM: usize, K: CacheElement, V: CacheElement>(
         queries: &[&[f32]],
-        rows: &Rows<'_>,
+        rows: &Rows<'_, K, V>,
         scale: f32,
         out: &mut [f32],
     ) {
@@ -1189,7 +1387,7 @@ mod x86 {
         while first < rows.visible {
             let count = (rows.visible - first).min(BLOCK);
             let mut scores = [[0f32; BLOCK]; G];
-            scores_avx512::<G, DIM, false>(&query, rows, first, count, 1.0, &mut partial, &mut scores);
+            scores_avx512::<G, DIM, false, _, _>(&query, rows, first, count, 1.0, &mut partial, &mut scores);
             let mut weights = [[0f32; BLOCK]; G];
             for head in 0..G {
                 let factor = fast_weights_avx512(
@@ -1205,7 +1403,17 @@ mod x86 {
                     }
                 }
             }
-            values_fast_avx512::<G, DIM>(rows, first, count, &weights, &mut accumulated);
+            // An 8-bit value row's elements are in units of its scale: so is its weight here
+            // (the running sum above took the weights themselves).
+            if V::QUANTIZED {
+                for offset in 0..count {
+                    let value_scale = rows.value_scale(first + offset);
+                    for weights in &mut weights {
+                        weights[offset] *= value_scale;
+                    }
+                }
+            }
+            values_fast_avx512::<G, DIM, K, V>(rows, first, count, &weights, &mut accumulated);
             first += count;
         }
         for ((out, accumulated), &sum) in out.chunks_exact_mut(DIM).zip(&accumulated).zip(&running_sum) {
@@ -1285,8 +1493,8 @@ mod x86 {
     /// widened once for all heads), and prefetches the next block's key rows.
     #[inline(never)]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn values_fast_avx512<const G: usize, const DIM: usize>(
-        rows: &Rows<'_>,
+    unsafe fn values_fast_avx512<const G: usize, const DIM: usize, K: CacheElement, V: CacheElement>(
+        rows: &Rows<'_, K, V>,
         first: usize,
         count: usize,
         weights: &[[f32; BLOCK]; G],
@@ -1304,7 +1512,7 @@ mod x86 {
             for offset in 0..count {
                 let value = &rows.value(first + offset, DIM)[start * LANES..(start + chunk) * LANES];
                 for (vector, lanes) in value.chunks_exact(LANES).enumerate() {
-                    let v = load_f16_512(lanes);
+                    let v = widen_512(lanes);
                     for (acc, weights) in acc.iter_mut().zip(weights) {
                         acc[vector] = _mm512_fmadd_ps(v, _mm512_set1_ps(weights[offset]), acc[vector]);
                     }
@@ -1321,13 +1529,13 @@ mod x86 {
 
     /// The fast kernel with AVX2 alone, as `attend_group_fast_avx512`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn attend_group_fast_avx2(
+    pub(super) unsafe fn attend_group_fast_avx2<K: CacheElement, V: CacheElement>(
         queries: &[&[f32]],
-        rows: &Rows<'_>,
+        rows: &Rows<'_, K, V>,
         scale: f32,
         out: &mut [f32],
     ) -> bool {
-        by_shape!(fast_avx2, queries, rows, scale, out)
+        by_shape!(fast_avx2[K, V], queries, rows, scale, out)
     }
 
     /// `fast_avx512` with 8 lanes per vector: the scores as `scores_avx2` takes them (of the
@@ -1335,9 +1543,9 @@ mod x86 {
     /// rescale of the accumulators where it rose, the block's weights eight at a time
     /// (`fast_weights_avx2`), and the weighted value rows added in f32 (`values_fast_avx2`).
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn fast_avx2<const G: usize, const DIM: usize>(
+    unsafe fn fast_avx2<const G: usize, const DIM: usize, K: CacheElement, V: CacheElement>(
         queries: &[&[f32]],
-        rows: &Rows<'_>,
+        rows: &Rows<'_, K, V>,
         scale: f32,
         out: &mut [f32],
     ) {
@@ -1364,7 +1572,7 @@ mod x86 {
         while first < rows.visible {
             let count = (rows.visible - first).min(BLOCK);
             let mut scores = [[0f32; BLOCK]; G];
-            scores_avx2::<G, DIM, false>(&query, rows, first, count, 1.0, &mut partial, &mut scores);
+            scores_avx2::<G, DIM, false, _, _>(&query, rows, first, count, 1.0, &mut partial, &mut scores);
             let mut weights = [[0f32; BLOCK]; G];
             for head in 0..G {
                 let factor = fast_weights_avx2(
@@ -1380,7 +1588,17 @@ mod x86 {
                     }
                 }
             }
-            values_fast_avx2::<G, DIM>(rows, first, count, &weights, &mut accumulated);
+            // An 8-bit value row's elements are in units of its scale: so is its weight here
+            // (the running sum above took the weights themselves).
+            if V::QUANTIZED {
+                for offset in 0..count {
+                    let value_scale = rows.value_scale(first + offset);
+                    for weights in &mut weights {
+                        weights[offset] *= value_scale;
+                    }
+                }
+            }
+            values_fast_avx2::<G, DIM, K, V>(rows, first, count, &weights, &mut accumulated);
             first += count;
         }
         for ((out, accumulated), &sum) in out.chunks_exact_mut(DIM).zip(&accumulated).zip(&running_sum) {
@@ -1469,8 +1687,8 @@ mod x86 {
     /// widened once for all heads), and prefetches the next block's key rows.
     #[inline(never)]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn values_fast_avx2<const G: usize, const DIM: usize>(
-        rows: &Rows<'_>,
+    unsafe fn values_fast_avx2<const G: usize, const DIM: usize, K: CacheElement, V: CacheElement>(
+        rows: &Rows<'_, K, V>,
         first: usize,
         count: usize,
         weights: &[[f32; BLOCK]; G],
@@ -1488,7 +1706,7 @@ mod x86 {
             for offset in 0..count {
                 let value = &rows.value(first + offset, DIM)[start * LANES..(start + chunk) * LANES];
                 for (vector, lanes) in value.chunks_exact(LANES).enumerate() {
-                    let v = load_f16(lanes);
+                    let v = widen_256(lanes);
                     for (acc, weights) in acc.iter_mut().zip(weights) {
                         acc[vector] = _mm256_fmadd_ps(v, _mm256_set1_ps(weights[offset]), acc[vector]);
                     }
@@ -1774,6 +1992,8 @@ mod tests {
                         key_data: &keys,
                         value_rows: &layout,
                         value_data: &values,
+                        key_scales: ScaleRows::NONE,
+                        value_scales: ScaleRows::NONE,
                         kv_head,
                         visible,
                     };
@@ -1801,12 +2021,13 @@ mod tests {
     }
 
     /// One head's attention in f64, softmax and all: the yardstick for both arithmetics.
-    fn attend_f64(query: &[f32], rows: &Rows<'_>, scale: f32) -> Vec<f64> {
+    fn attend_f64<K: CacheElement, V: CacheElement>(query: &[f32], rows: &Rows<'_, K, V>, scale: f32) -> Vec<f64> {
         let head_dim = query.len();
         let scores: Vec<f64> = (0..rows.visible)
             .map(|slot| {
                 let key = rows.key(slot, head_dim);
-                key.iter().zip(query).map(|(k, &q)| k.to_f64() * f64::from(q)).sum::<f64>() * f64::from(scale)
+                let dot = key.iter().zip(query).map(|(k, &q)| f64::from(k.widen()) * f64::from(q)).sum::<f64>();
+                dot * f64::from(rows.key_scale(slot)) * f64::from(scale)
             })
             .collect();
         let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -1814,8 +2035,9 @@ mod tests {
         let sum: f64 = weights.iter().sum();
         let mut out = vec![0f64; head_dim];
         for (slot, weight) in weights.iter().enumerate() {
+            let value_scale = f64::from(rows.value_scale(slot));
             for (out, value) in out.iter_mut().zip(rows.value(slot, head_dim)) {
-                *out += weight * value.to_f64();
+                *out += weight * f64::from(value.widen()) * value_scale;
             }
         }
         out.iter().map(|out| out / sum).collect()
@@ -1854,6 +2076,8 @@ mod tests {
                         key_data: &keys,
                         value_rows: &layout,
                         value_data: &values,
+                        key_scales: ScaleRows::NONE,
+                        value_scales: ScaleRows::NONE,
                         kv_head,
                         visible,
                     };
@@ -1898,6 +2122,86 @@ mod tests {
         // llama.cpp's arithmetic: 9.3e-2.
         assert!(worst_fast < 5e-4, "fast kernels {worst_fast:e} from f64");
         assert!(worst_fast * 10.0 < worst_llama_cpp, "fast {worst_fast:e}, llama.cpp's {worst_llama_cpp:e}");
+    }
+
+    /// 8-bit rows (`kv=q8`): every fast kernel gives what attention in f64 over the same
+    /// rows gives (their bytes times their scales), as close as over f16 rows, and each head
+    /// the same bits alone as in any group. The rows sit in padded buffers, scales too, and of
+    /// two KV heads.
+    #[test]
+    fn fast_kernels_read_8_bit_rows_as_attention_in_f64_does() {
+        let query_scales = [1.37f32, 0.25, 3.0, 12.0, 60.0];
+        let mut worst = 0f64;
+        for head_dim in [64usize, 128, 192, 256] {
+            let slots = 700;
+            let layout = CacheRows { offset: 24, head_stride: slots * (head_dim + 8) + 16, slot_stride: head_dim + 8 };
+            let scale_layout = (5, slots + 3, 1);
+            let quantized = |seed: u32| {
+                let source = cache_values(layout.offset + 2 * layout.head_stride, seed);
+                let mut data = vec![0u8; source.len()];
+                let mut scales = vec![0f32; scale_layout.0 + 2 * scale_layout.1];
+                for kv_head in 0..2 {
+                    for slot in 0..slots {
+                        let start = layout.start(kv_head, slot);
+                        // Rows of growing magnitude, so that the scales differ from row to row.
+                        let growth = 1.0 + slot as f32 / 100.0;
+                        let row: Vec<f32> =
+                            source[start..start + head_dim].iter().map(|v| v.to_f32() * growth).collect();
+                        let (mut bytes, mut scale) = (Vec::new(), Vec::new());
+                        crate::kv_format::quantize_q8(&row, head_dim, &mut bytes, &mut scale);
+                        data[start..start + head_dim].copy_from_slice(&bytes);
+                        scales[scale_layout.0 + kv_head * scale_layout.1 + slot * scale_layout.2] = scale[0];
+                    }
+                }
+                (data, scales)
+            };
+            let ((keys, key_scales), (values, value_scales)) = (quantized(1), quantized(2));
+            let scale_rows = |data| ScaleRows {
+                data,
+                offset: scale_layout.0,
+                head_stride: scale_layout.1,
+                slot_stride: scale_layout.2,
+            };
+            let queries: Vec<Vec<f32>> = query_scales
+                .iter()
+                .enumerate()
+                .map(|(h, scale)| cache_values(head_dim, 3 + h as u32).iter().map(|q| q.to_f32() * scale).collect())
+                .collect();
+            let queries: Vec<&[f32]> = queries.iter().map(Vec::as_slice).collect();
+            for kv_head in [0usize, 1] {
+                for visible in [1usize, 2, 15, 16, 17, 31, 32, 33, 65, 700] {
+                    let rows = Rows {
+                        key_rows: &layout,
+                        key_data: keys.as_slice(),
+                        key_scales: scale_rows(&key_scales),
+                        value_rows: &layout,
+                        value_data: values.as_slice(),
+                        value_scales: scale_rows(&value_scales),
+                        kv_head,
+                        visible,
+                    };
+                    for kernel in kernels(head_dim) {
+                        let mut grouped = vec![0f32; queries.len() * head_dim];
+                        let (first, rest) = grouped.split_at_mut(MAX_GROUP * head_dim);
+                        attend_group_fast(kernel, &queries[..MAX_GROUP], &rows, 0.125, first);
+                        attend_group_fast(kernel, &queries[MAX_GROUP..], &rows, 0.125, rest);
+                        for (head, (query, grouped)) in queries.iter().zip(grouped.chunks_exact(head_dim)).enumerate() {
+                            let mut alone = vec![0f32; head_dim];
+                            attend_group_fast(kernel, &[query], &rows, 0.125, &mut alone);
+                            assert_eq!(
+                                bits(&alone),
+                                bits(grouped),
+                                "{kernel:?}, head {head}, {head_dim}, {visible} slots"
+                            );
+                            worst = worst.max(largest_difference(&alone, &attend_f64(query, &rows, 0.125)));
+                        }
+                    }
+                }
+            }
+        }
+        eprintln!("largest difference from f64 over 8-bit rows: {worst:e}");
+        // Measured 2.5e-4; the outputs lie in [-21, 21] here (values grow with the slot).
+        assert!(worst < 1e-3, "fast kernels {worst:e} from f64 over 8-bit rows");
     }
 
     /// `fast_exp_avx512` within 2 ulp of e^x wherever e^x is a normal f32, and (nearly) zero
@@ -2004,6 +2308,8 @@ mod tests {
                     key_data: keys,
                     value_rows: &layout,
                     value_data: &values,
+                    key_scales: ScaleRows::NONE,
+                    value_scales: ScaleRows::NONE,
                     kv_head: 0,
                     visible,
                 };
@@ -2052,8 +2358,8 @@ mod tests {
                 cache_values(n_head * n_new * head_dim, 23 + n_new as u32).iter().map(|q| q.to_f32() * 1.7).collect();
             let queries =
                 Tensor::from_vec(query_values.clone(), (n_head, n_new, head_dim), &Device::Cpu).expect("queries");
-            let key_rows = CacheRows::new(&keys).expect("key layout");
-            let value_rows = CacheRows::new(&values).expect("value layout");
+            let key_rows = CacheRows::new(&keys, DType::F16).expect("key layout");
+            let value_rows = CacheRows::new(&values, DType::F16).expect("value layout");
             let key_guard = keys.storage_and_layout().0;
             let value_guard = values.storage_and_layout().0;
             for arithmetic in [Arithmetic::LlamaCpp, Arithmetic::Fast] {
@@ -2062,9 +2368,11 @@ mod tests {
                     let (row, head) = (unit / n_head, unit % n_head);
                     let rows = Rows {
                         key_rows: &key_rows,
-                        key_data: f16_slice(&key_guard).expect("keys"),
+                        key_data: element_slice(&key_guard).expect("keys"),
                         value_rows: &value_rows,
-                        value_data: f16_slice(&value_guard).expect("values"),
+                        value_data: element_slice(&value_guard).expect("values"),
+                        key_scales: ScaleRows::NONE,
+                        value_scales: ScaleRows::NONE,
                         kv_head: head / (n_head / n_kv_head),
                         visible: n_keys - n_new + row + 1,
                     };
@@ -2077,7 +2385,15 @@ mod tests {
                 for threads in [1usize, 2, 3, 4, 8, 16] {
                     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
                     let output = pool
-                        .install(|| cpu_flash_attention(&queries, &keys, &values, 0.125, arithmetic))
+                        .install(|| {
+                            cpu_flash_attention(
+                                &queries,
+                                &KvRows::F16(keys.clone()),
+                                &KvRows::F16(values.clone()),
+                                0.125,
+                                arithmetic,
+                            )
+                        })
                         .and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?))
                         .expect("attention");
                     assert_eq!(bits(&output), bits(&expected), "{arithmetic:?}, {n_new} rows, {threads} threads");
@@ -2103,14 +2419,30 @@ mod tests {
             .map(|h| cache_values(head_dim, 33 + h as u32).iter().map(|q| q.to_f32() * 0.3).collect())
             .collect();
         let queries: Vec<&[f32]> = queries.iter().map(Vec::as_slice).collect();
+        // The same rows in 8 bits (`kv=q8`), their scales `[layer, kv_head, slot]`.
+        let quantize = |rows: &[f16]| {
+            let floats: Vec<f32> = rows.iter().map(|v| v.to_f32()).collect();
+            let (mut data, mut scales) = (Vec::new(), Vec::new());
+            crate::kv_format::quantize_q8(&floats, head_dim, &mut data, &mut scales);
+            (data, scales)
+        };
+        let ((keys_q8, key_scales), (values_q8, value_scales)) = (quantize(&keys), quantize(&values));
         let mut out = vec![0f32; queries.len() * head_dim];
         for (name, layers) in [("hot", 1usize), ("cold", 30)] {
-            for (kernel, arithmetic) in kernels(head_dim)
+            for (kernel, arithmetic, q8) in kernels(head_dim)
                 .into_iter()
-                .flat_map(|kernel| [(kernel, Arithmetic::LlamaCpp), (kernel, Arithmetic::Fast)])
-                // ONLY=name times only that kernel and arithmetic, e.g. `ONLY="Avx512 Fast"` (for a profile).
-                .filter(|(kernel, arithmetic)| {
-                    std::env::var("ONLY").map_or(true, |only| only == format!("{kernel:?} {arithmetic:?}"))
+                .flat_map(|kernel| {
+                    [
+                        (kernel, Arithmetic::LlamaCpp, false),
+                        (kernel, Arithmetic::Fast, false),
+                        (kernel, Arithmetic::Fast, true),
+                    ]
+                })
+                // ONLY=name times only that kernel and arithmetic, e.g. `ONLY="Avx512 Fast"` or
+                // `ONLY="Avx512 Fast q8"` (for a profile).
+                .filter(|(kernel, arithmetic, q8)| {
+                    let name = format!("{kernel:?} {arithmetic:?}{}", if *q8 { " q8" } else { "" });
+                    std::env::var("ONLY").map_or(true, |only| only == name)
                 })
             {
                 for group in [1usize, heads_per_kv] {
@@ -2129,6 +2461,24 @@ mod tests {
                                     key_data: &keys,
                                     value_rows: &layout,
                                     value_data: &values,
+                                    key_scales: ScaleRows::NONE,
+                                    value_scales: ScaleRows::NONE,
+                                    kv_head,
+                                    visible: slots,
+                                };
+                                let scale_rows = |data| ScaleRows {
+                                    data,
+                                    offset: layer * n_kv_head * slots,
+                                    head_stride: slots,
+                                    slot_stride: 1,
+                                };
+                                let rows_q8 = Rows {
+                                    key_rows: &layout,
+                                    key_data: keys_q8.as_slice(),
+                                    value_rows: &layout,
+                                    value_data: values_q8.as_slice(),
+                                    key_scales: scale_rows(&key_scales),
+                                    value_scales: scale_rows(&value_scales),
                                     kv_head,
                                     visible: slots,
                                 };
@@ -2137,6 +2487,9 @@ mod tests {
                                     let queries = &queries[first..first + group];
                                     match arithmetic {
                                         Arithmetic::LlamaCpp => attend_group(kernel, queries, &rows, 0.125, out),
+                                        Arithmetic::Fast if q8 => {
+                                            attend_group_fast(kernel, queries, &rows_q8, 0.125, out)
+                                        }
                                         Arithmetic::Fast => attend_group_fast(kernel, queries, &rows, 0.125, out),
                                     }
                                 }
@@ -2145,7 +2498,10 @@ mod tests {
                         best = best.min(started.elapsed().as_secs_f64());
                     }
                     let per_head_slot = best * 1e9 / (layers * queries.len() * slots) as f64;
-                    println!("{name} {kernel:?} {arithmetic:?} group {group}: {per_head_slot:.2} ns per head and slot");
+                    let format = if q8 { " q8" } else { "" };
+                    println!(
+                        "{name} {kernel:?} {arithmetic:?}{format} group {group}: {per_head_slot:.2} ns per head and slot"
+                    );
                     std::hint::black_box(&out);
                 }
             }

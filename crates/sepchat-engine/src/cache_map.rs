@@ -489,7 +489,8 @@ mod tests {
         let separators = Arc::new(SeparatorSet::from_ids(&[0]));
         for config in configs() {
             let mut real = real_cache(&config, &separators);
-            let mut simulated = CacheSimulator::new(config.clone(), separators.clone(), shape().bytes_per_slot());
+            let mut simulated =
+                CacheSimulator::new(config.clone(), separators.clone(), shape().bytes_per_slot(config.format));
             real.protect_initial(9)?;
             simulated.protect_initial(9)?;
             for feed in feeds() {

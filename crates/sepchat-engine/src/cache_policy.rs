@@ -14,6 +14,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::kv_format::KvFormat;
+
 /// Cache profiles by name, with their SepCache parameters (a, s, w, c).
 pub const PROFILES: [(&str, SepParams); 3] = [
     ("low", SepParams { initial: 4, separators: 128, local: 256, capacity: 512 }),
@@ -90,6 +92,8 @@ pub struct CacheConfig {
     pub positions: RopePositions,
     pub timing: CompactionTiming,
     pub separators: SeparatorRule,
+    /// How keys and values are stored (`kv=f16|q8`).
+    pub format: KvFormat,
 }
 
 impl CacheConfig {
@@ -99,6 +103,7 @@ impl CacheConfig {
             positions: RopePositions::default(),
             timing: CompactionTiming::default(),
             separators: SeparatorRule::default(),
+            format: KvFormat::default(),
         }
     }
 
@@ -306,7 +311,7 @@ impl FromStr for CacheConfig {
 
     /// Parses `dense`, `dense:c=4096`, `streaming:a=4,c=1666`, `sep:a=4,s=64,w=256,c=512`, or
     /// a profile name optionally followed by overrides (`low:w=300`), plus the options
-    /// `pos=shift|abs`, `at=append|step` and `seps=vocab|paper`. Sizes not given come from the
+    /// `pos=shift|abs`, `at=append|step`, `seps=vocab|paper` and `kv=f16|q8`. Sizes not given come from the
     /// `default` profile (dense: the model's context, filled in by the caller via `c`; 0 means
     /// "the model's trained context").
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
@@ -330,9 +335,9 @@ impl FromStr for CacheConfig {
                 value.parse::<usize>().map_err(|_| invalid(format!("{key} = `{value}` is not a whole number")))
             };
             let allowed = match kind {
-                "dense" => &["c", "pos", "at"][..],
-                "streaming" => &["a", "c", "pos", "at"][..],
-                _ => &["a", "s", "w", "c", "pos", "at", "seps"][..],
+                "dense" => &["c", "pos", "at", "kv"][..],
+                "streaming" => &["a", "c", "pos", "at", "kv"][..],
+                _ => &["a", "s", "w", "c", "pos", "at", "seps", "kv"][..],
             };
             if !allowed.contains(&key) {
                 return Err(invalid(format!("`{key}` does not apply to {kind}; use {}", allowed.join(", "))));
@@ -362,6 +367,10 @@ impl FromStr for CacheConfig {
                         "paper" => SeparatorRule::Paper,
                         _ => return Err(invalid(format!("seps = `{value}`: use vocab or paper"))),
                     }
+                }
+                "kv" => {
+                    config.format =
+                        KvFormat::parse(value).ok_or_else(|| invalid(format!("kv = `{value}`: use f16 or q8")))?
                 }
                 _ => return Err(invalid(format!("unknown option `{key}`"))),
             }
@@ -407,6 +416,9 @@ impl fmt::Display for CacheConfig {
         if self.separators == SeparatorRule::Paper && matches!(self.policy, CachePolicy::Sep(_)) {
             write!(f, ",seps=paper")?;
         }
+        if self.format != KvFormat::F16 {
+            write!(f, ",kv={}", self.format.name())?;
+        }
         Ok(())
     }
 }
@@ -426,6 +438,8 @@ mod tests {
             "streaming:a=4,c=1666",
             "sep:a=4,s=64,w=256,c=512",
             "sep:a=4,s=64,w=256,c=512,pos=abs,at=step,seps=paper",
+            "sep:a=4,s=256,w=1024,c=2048,kv=q8",
+            "dense:c=8192,kv=q8",
         ] {
             let config: CacheConfig = spec.parse().expect(spec);
             assert_eq!(config.to_string(), spec);

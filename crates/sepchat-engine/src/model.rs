@@ -239,7 +239,8 @@ impl LlamaModel {
     /// and slot size, so its decisions and statistics are the engine's (the UI's A/B switch).
     pub fn new_cache_simulator(&self, config: CacheConfig) -> CacheSimulator {
         let separators = self.separators(config.separators).clone();
-        CacheSimulator::new(config, separators, self.config.kv_shape().bytes_per_slot())
+        let bytes_per_slot = self.config.kv_shape().bytes_per_slot(config.format);
+        CacheSimulator::new(config, separators, bytes_per_slot)
     }
 
     /// A dense cache bounded by the model's trained context.
@@ -363,10 +364,10 @@ impl LlamaModel {
                 self.attention_arithmetic,
             )?
         } else {
-            // Long chunks and accelerators: batched matmuls in f32 (the f16 cache is widened first),
-            // as llama.cpp's tiled CPU path does for 64 rows or more.
-            let all_keys = all_keys.to_dtype(DType::F32)?;
-            let all_values = all_values.to_dtype(DType::F32)?;
+            // Long chunks and accelerators: batched matmuls in f32 (the cache's rows are widened
+            // first), as llama.cpp's tiled CPU path does for 64 rows or more.
+            let all_keys = all_keys.to_f32()?;
+            let all_values = all_values.to_f32()?;
             let n_keys = all_keys.dim(1)?;
             // Query head h uses KV head h / heads_per_kv: group them so one batched matmul per
             // KV head covers all its query heads, without repeating keys or values in memory.

@@ -3,7 +3,9 @@
 //! from an empty cache, and only the second half of each chunk is scored (every scored token
 //! has at least ctx/2 tokens of context).
 
+use crate::cache_policy::CacheConfig;
 use crate::error::{EngineError, Result};
+use crate::kv_format::KvFormat;
 use crate::model::{log_likelihood, logits_to_vec, LlamaModel, LogitsFor};
 
 /// The outcome of a perplexity run.
@@ -18,11 +20,13 @@ pub struct PerplexityReport {
     pub running_ppl: Vec<f64>,
 }
 
-/// Runs the protocol over `tokens`; `on_chunk(done, total, running_ppl)` reports progress.
+/// Runs the protocol over `tokens` with keys and values stored in `format` (llama.cpp's
+/// `--cache-type-k/-v`); `on_chunk(done, total, running_ppl)` reports progress.
 pub fn perplexity(
     model: &LlamaModel,
     tokens: &[u32],
     ctx: usize,
+    format: KvFormat,
     mut on_chunk: impl FnMut(usize, usize, f64),
 ) -> Result<PerplexityReport> {
     if ctx < 4 {
@@ -43,7 +47,7 @@ pub fn perplexity(
         if let Some(bos) = bos {
             chunk[0] = bos;
         }
-        let mut cache = model.new_dense_cache();
+        let mut cache = model.new_cache(CacheConfig { format, ..CacheConfig::dense(model.config().context_length) });
         let logits = model.forward(&chunk, &mut cache, LogitsFor::From(first_scored))?;
         // Row r holds the prediction made at chunk position first_scored + r.
         for (row, position) in (first_scored..ctx - 1).enumerate() {

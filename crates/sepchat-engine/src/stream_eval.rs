@@ -101,7 +101,7 @@ pub fn stream_perplexity(
     let policy = config.to_string();
     let mut config = config;
     config.timing = CompactionTiming::AfterStep;
-    let bytes_per_slot = model.config().kv_shape().bytes_per_slot();
+    let bytes_per_slot = model.config().kv_shape().bytes_per_slot(config.format);
     let schedule = checkpoint_schedule(total, checkpoint_every);
     let mut next_checkpoint = schedule.iter().copied().peekable();
     let mut cache = model.new_cache(config);

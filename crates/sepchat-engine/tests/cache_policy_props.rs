@@ -20,6 +20,7 @@ use proptest::test_runner::{Config, TestCaseError};
 use sepchat_engine::cache_policy::{
     Blocks, CacheConfig, CachePolicy, Compaction, CompactionTiming, RopePositions, SepParams, SeparatorRule,
 };
+use sepchat_engine::KvFormat;
 
 /// Token ids of the simulated streams are `0..ALPHABET`.
 const ALPHABET: u32 = 6;
@@ -397,11 +398,14 @@ fn valid_config() -> impl Strategy<Value = CacheConfig> {
             CachePolicy::Sep(SepParams { initial, separators, local, capacity: initial + separators + local + extra })
         }),
     ];
-    (policy, any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(policy, abs, step, paper)| CacheConfig {
-        policy,
-        positions: if abs { RopePositions::Stream } else { RopePositions::CacheSlot },
-        timing: if step { CompactionTiming::AfterStep } else { CompactionTiming::BeforeAppend },
-        separators: if paper { SeparatorRule::Paper } else { SeparatorRule::Vocabulary },
+    (policy, any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(policy, abs, step, paper, q8)| {
+        CacheConfig {
+            policy,
+            format: if q8 { KvFormat::Q8 } else { KvFormat::F16 },
+            positions: if abs { RopePositions::Stream } else { RopePositions::CacheSlot },
+            timing: if step { CompactionTiming::AfterStep } else { CompactionTiming::BeforeAppend },
+            separators: if paper { SeparatorRule::Paper } else { SeparatorRule::Vocabulary },
+        }
     })
 }
 

@@ -31,7 +31,9 @@ fn default_model_has_the_expected_shape() {
     assert_eq!(config.vocab_size, 49152);
     assert_eq!(config.context_length, 8192);
     // 30 layers x (K and V) x 3 heads x 64 dims x 2 bytes (f16) = 22.5 KiB per token (SEPLLM.md).
-    assert_eq!(config.kv_shape().bytes_per_slot(), 23_040);
+    assert_eq!(config.kv_shape().bytes_per_slot(sepchat_engine::KvFormat::F16), 23_040);
+    // 8-bit rows: 64 bytes and an f32 scale per head, 12 KiB per token.
+    assert_eq!(config.kv_shape().bytes_per_slot(sepchat_engine::KvFormat::Q8), 12_240);
 }
 
 #[test]
@@ -286,9 +288,18 @@ fn generate(
 
 #[test]
 fn a_restored_snapshot_continues_exactly_like_the_live_cache() {
+    restored_snapshot_continues_like_the_live_cache("sep:a=4,s=8,w=16,c=48");
+}
+
+#[test]
+fn a_restored_8_bit_snapshot_continues_exactly_like_the_live_cache() {
+    restored_snapshot_continues_like_the_live_cache("sep:a=4,s=8,w=16,c=48,kv=q8");
+}
+
+fn restored_snapshot_continues_like_the_live_cache(spec: &str) {
     let directory = tempfile::tempdir().expect("tempdir");
     let snapshot = directory.path().join("session.kv");
-    let config = CacheConfig::parse_for_model("sep:a=4,s=8,w=16,c=48", 8192).expect("valid spec");
+    let config = CacheConfig::parse_for_model(spec, 8192).expect("valid spec");
     let live = Engine::start(model()).expect("worker");
     let tokenizer = live.model().tokenizer();
     let first_prompt = tokenizer.encode(TEXT).expect("encode");
