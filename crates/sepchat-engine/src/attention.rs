@@ -474,6 +474,17 @@ impl<K: CacheElement, V: CacheElement> Rows<'_, K, V> {
         }
     }
 
+    /// The key scales of slots `first..first + count`, and 1 past them (all 1 for f16 rows).
+    fn key_scales<const N: usize>(&self, first: usize, count: usize) -> [f32; N] {
+        let mut scales = [1f32; N];
+        if K::QUANTIZED {
+            for (offset, scale) in scales[..count].iter_mut().enumerate() {
+                *scale = self.key_scale(first + offset);
+            }
+        }
+        scales
+    }
+
     /// The factor `slot`'s value elements are multiplied by (1 for f16 rows).
     fn value_scale(&self, slot: usize) -> f32 {
         if V::QUANTIZED {
@@ -1031,12 +1042,7 @@ mod x86 {
         }
         let scale = _mm256_set1_ps(scale);
         // An 8-bit key's dot product is in units of its row's scale.
-        let mut key_scales = [1f32; BLOCK];
-        if K::QUANTIZED {
-            for (offset, key_scale) in key_scales[..count].iter_mut().enumerate() {
-                *key_scale = rows.key_scale(first + offset);
-            }
-        }
+        let key_scales: [f32; BLOCK] = rows.key_scales(first, count);
         for (scores, partial) in scores.iter_mut().zip(partial.iter()) {
             for ((scores, eights), key_scales) in scores
                 .chunks_exact_mut(LANES)
@@ -1264,12 +1270,7 @@ mod x86 {
         }
         let scale = _mm512_set1_ps(scale);
         // An 8-bit key's dot product is in units of its row's scale.
-        let mut key_scales = [1f32; BLOCK];
-        if K::QUANTIZED {
-            for (offset, key_scale) in key_scales[..count].iter_mut().enumerate() {
-                *key_scale = rows.key_scale(first + offset);
-            }
-        }
+        let key_scales: [f32; BLOCK] = rows.key_scales(first, count);
         for (scores, partial) in scores.iter_mut().zip(partial.iter()) {
             for ((scores, eights), key_scales) in scores
                 .chunks_exact_mut(LANES)
