@@ -214,13 +214,14 @@ impl KvCache {
         separators: Arc<SeparatorSet>,
         device: &Device,
     ) -> Self {
+        let bytes_per_slot = shape.bytes_per_slot(config.format);
         Self {
             shape,
             rope,
             device: device.clone(),
             layers: Vec::new(),
             allocated: 0,
-            book: SlotBook::new(config.clone(), separators, shape.bytes_per_slot(config.format)),
+            book: SlotBook::new(config, separators, bytes_per_slot),
             rope_offset: 0,
             pristine_initial: Vec::new(),
             pristine_offset: 0,
@@ -545,16 +546,15 @@ impl KvCache {
                 // Rotated in f32 and rounded back to the cache's format once: an 8-bit key is
                 // rounded again at each compaction that moves it, the initial block never more
                 // than once (it always starts from its pristine copy).
-                let front = keys.narrow(0, n_rotated)?.to_f32()?;
                 let front = match self.pristine_initial.get(layer_idx) {
                     Some(pristine) if n_pristine > 0 => {
                         let mut parts = vec![pristine.narrow(0, n_pristine)?.to_f32()?];
                         if n_rotated > n_pristine {
-                            parts.push(front.narrow(1, n_pristine, n_rotated - n_pristine)?);
+                            parts.push(keys.narrow(n_pristine, n_rotated - n_pristine)?.to_f32()?);
                         }
                         Tensor::cat(&parts, 1)?
                     }
-                    _ => front,
+                    _ => keys.narrow(0, n_rotated)?.to_f32()?,
                 };
                 let widened = front.unsqueeze(0)?.contiguous()?;
                 let rotated = candle_nn::rotary_emb::rope_i(&widened, cos, sin)?.squeeze(0)?;
