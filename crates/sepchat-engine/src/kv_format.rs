@@ -58,13 +58,20 @@ impl KvFormat {
 /// complement) to `data` and its scale to `scales`. A row of zeros gets scale 0.
 pub(crate) fn quantize_q8(values: &[f32], head_dim: usize, data: &mut Vec<u8>, scales: &mut Vec<f32>) {
     for row in values.chunks_exact(head_dim) {
-        let largest = row.iter().fold(0f32, |largest, value| largest.max(value.abs()));
-        let scale = largest / 127.0;
-        let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-        // |value x inverse| <= 127 (up to rounding of the inverse, which the clamp absorbs).
-        data.extend(row.iter().map(|&value| (value * inverse).round().clamp(-127.0, 127.0) as i8 as u8));
+        let (scale, elements) = q8_row(row);
+        data.extend(elements.map(|element| element as u8));
         scales.push(scale);
     }
+}
+
+/// One row in 8 bits: its scale (largest magnitude / 127) and its elements in units of it.
+/// The attention kernel for AVX-512 VNNI rounds its queries this way too.
+pub(crate) fn q8_row(row: &[f32]) -> (f32, impl Iterator<Item = i8> + '_) {
+    let largest = row.iter().fold(0f32, |largest, value| largest.max(value.abs()));
+    let scale = largest / 127.0;
+    let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    // |value x inverse| <= 127 (up to rounding of the inverse, which the clamp absorbs).
+    (scale, row.iter().map(move |&value| (value * inverse).round().clamp(-127.0, 127.0) as i8))
 }
 
 /// The f32 values of 8-bit rows, appended to `out`.
