@@ -546,8 +546,9 @@ impl<K: CacheElement, V: CacheElement> Rows<'_, K, V> {
 
 /// `query x scale` in 8 bits, as an 8-bit key row is rounded (`kv_format::q8_row`): its
 /// elements into `bytes`, and its scale and the sum of its elements returned. The AVX-512 VNNI
-/// kernel dots these with 8-bit keys in integers.
+/// kernel dots these with 8-bit keys in integers. Head sizes up to 256, as the SIMD kernels'.
 fn query_in_8_bits(query: &[f32], scale: f32, bytes: &mut [i8]) -> (f32, i32) {
+    // On the stack: the kernel calls this for every head of every decode step.
     let mut scaled = [0f32; 256];
     let scaled = &mut scaled[..query.len()];
     for (scaled, &query) in scaled.iter_mut().zip(query) {
@@ -2862,8 +2863,9 @@ mod tests {
     /// round restores the same two filled caches) and timed by CPU time as well as wall time:
     /// on a busy machine separate runs differ by tens of percent, this much less.
     /// `cargo test -p sepchat-engine --release --lib decode_speed_by_kernel -- --ignored --nocapture`;
-    /// optional: `ROUNDS` (4), `THREADS` (1), `SNAPSHOTS=dir` (keep the filled caches, which take
-    /// minutes to fill, between runs), `VARIANT=i` and `CONTEXT=n` (time only those, for a profile).
+    /// optional: `ROUNDS` (4), `THREADS` (1), `CACHE` (a cache spec; `default`), `SNAPSHOTS=dir`
+    /// (keep the filled caches, which take minutes to fill, between runs), `VARIANT=i` and
+    /// `CONTEXT=n` (time only those, for a profile).
     #[test]
     #[ignore]
     fn decode_speed_by_kernel() {
@@ -2881,7 +2883,9 @@ mod tests {
             let tokens = |start: usize, count: usize| -> Vec<u32> {
                 (start..start + count).map(|i| source[i % source.len()]).collect()
             };
-            let config = crate::CacheConfig::parse_for_model("default", model.config().context_length).expect("spec");
+            // CACHE=spec for another cache than the default profile, e.g. `default:kv=q8`.
+            let spec = std::env::var("CACHE").unwrap_or_else(|_| "default".to_string());
+            let config = crate::CacheConfig::parse_for_model(&spec, model.config().context_length).expect("spec");
             let mut warm = model.new_cache(config.clone());
             model.prefill(&tokens(0, 16), &mut warm, DEFAULT_PREFILL_CHUNK).expect("warm-up");
             let contexts = [1024usize, 16384];
