@@ -341,8 +341,23 @@ impl<'a> ScaleRows<'a> {
         Ok(Self { data, offset: layout.start_offset(), head_stride: stride[0], slot_stride: stride[1] })
     }
 
-    fn get(&self, kv_head: usize, slot: usize) -> f32 {
-        self.data[self.offset + kv_head * self.head_stride + slot * self.slot_stride]
+    /// `slot`'s scale, or 1 where the rows are not `quantized` (f16 rows hold their values).
+    fn get(&self, quantized: bool, kv_head: usize, slot: usize) -> f32 {
+        if quantized {
+            self.data[self.offset + kv_head * self.head_stride + slot * self.slot_stride]
+        } else {
+            1.0
+        }
+    }
+
+    /// The scales of slots `first..first + count`, and 1 past them (all 1 where the rows are
+    /// not `quantized`): a block as the kernels take it.
+    fn block<const N: usize>(&self, quantized: bool, kv_head: usize, first: usize, count: usize) -> [f32; N] {
+        let mut scales = [1f32; N];
+        if quantized {
+            self.read(kv_head, first, &mut scales[..count]);
+        }
+        scales
     }
 
     /// The scales of slots `first..first + out.len()` into `out`: one copy where they lie side
@@ -499,38 +514,22 @@ impl<K: CacheElement, V: CacheElement> Rows<'_, K, V> {
 
     /// The factor `slot`'s key elements are multiplied by (1 for f16 rows).
     fn key_scale(&self, slot: usize) -> f32 {
-        if K::QUANTIZED {
-            self.key_scales.get(self.kv_head, slot)
-        } else {
-            1.0
-        }
+        self.key_scales.get(K::QUANTIZED, self.kv_head, slot)
     }
 
     /// The key scales of slots `first..first + count`, and 1 past them (all 1 for f16 rows).
     fn key_scales<const N: usize>(&self, first: usize, count: usize) -> [f32; N] {
-        let mut scales = [1f32; N];
-        if K::QUANTIZED {
-            self.key_scales.read(self.kv_head, first, &mut scales[..count]);
-        }
-        scales
+        self.key_scales.block(K::QUANTIZED, self.kv_head, first, count)
     }
 
     /// The factor `slot`'s value elements are multiplied by (1 for f16 rows).
     fn value_scale(&self, slot: usize) -> f32 {
-        if V::QUANTIZED {
-            self.value_scales.get(self.kv_head, slot)
-        } else {
-            1.0
-        }
+        self.value_scales.get(V::QUANTIZED, self.kv_head, slot)
     }
 
     /// The value scales of slots `first..first + count`, and 1 past them (all 1 for f16 rows).
     fn value_scales<const N: usize>(&self, first: usize, count: usize) -> [f32; N] {
-        let mut scales = [1f32; N];
-        if V::QUANTIZED {
-            self.value_scales.read(self.kv_head, first, &mut scales[..count]);
-        }
-        scales
+        self.value_scales.block(V::QUANTIZED, self.kv_head, first, count)
     }
 
     /// Where `slot`'s key row starts in `key_data` (bounds unchecked).
@@ -1682,6 +1681,7 @@ mod x86 {
         for slot in 0..rows.visible.min(BLOCK) {
             prefetch(rows.value_data, rows.value_start(slot), DIM);
         }
+        let (key_stride, value_stride) = (rows.key_rows.slot_stride, rows.value_rows.slot_stride);
         let mut first = 0;
         while first < rows.visible {
             let count = (rows.visible - first).min(BLOCK);
@@ -1689,7 +1689,6 @@ mod x86 {
             // (`Rows::key` and `Rows::value` check), so are those before them. Per slot the
             // loops below do little besides their vector work, whose instructions are few
             // enough that address arithmetic and bounds checks would set the pace.
-            let (key_stride, value_stride) = (rows.key_rows.slot_stride, rows.value_rows.slot_stride);
             let keys = rows.key(first + count - 1, DIM).as_ptr().sub((count - 1) * key_stride).cast::<i8>();
             let values = rows.value(first + count - 1, DIM).as_ptr().sub((count - 1) * value_stride).cast::<i8>();
             let key_start = rows.key_start(first);
